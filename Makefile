@@ -1,0 +1,41 @@
+# Rota's developer entry points. Every target creates .venv when it is missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SEEDS ?= 0:20000
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: run test bench sim lint fmt clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m simulations.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q
+	$(BIN)/python -m simulations --seeds 0:300
+
+sim: $(STAMP)
+	$(BIN)/python -m simulations --seeds $(SEEDS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

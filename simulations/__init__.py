@@ -1,0 +1,1 @@
+"""Rota simulations package."""
