@@ -29,6 +29,7 @@ Errors::
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -181,7 +182,7 @@ class MemoryStorage:
             assert offset < first <= self.last_index() + 1, (
                 f"append at {first} leaves a gap (log {offset + 1}..{self.last_index()})"
             )
-            for a, b in zip(entries, entries[1:], strict=False):
+            for a, b in itertools.pairwise(entries):
                 assert b.index == a.index + 1, "entries must be contiguous"
             del w.entries[first - offset :]
             w.entries.extend(entries)
