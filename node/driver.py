@@ -1,0 +1,351 @@
+"""The Raft driver: connects the pure core to time, the transport, LMDB and the state machine.
+
+Rules:
+- One task (``run``) owns the ``Raft`` object. Everything else talks to it through a
+  bounded inbox; nothing else calls into the core, so no step interleaves a Ready.
+- Each Ready is handled in the order the core requires: persist (one write, one
+  fsync, in a worker thread) -> send -> apply (in a worker thread; the state machine
+  records the applied index in the same transaction) -> ``advance``.
+- Ticks come from ``trio.sleep_until``; missed ticks are caught up (bounded) so
+  logical time keeps pace with the clock after a slow fsync.
+- A proposal's outcome is reported honestly: ``Committed`` with the state machine's
+  result, ``NotCommitted`` when the entry was provably replaced, and ``Unknown`` on
+  timeout or leadership loss (the entry may still commit). Never a false failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from consensus.raft import Config, NotLeader, ProposalDropped, Raft, RaftError
+from consensus.storage import LogStorage
+from consensus.types import (
+    ConfChange,
+    ConfState,
+    Entry,
+    Message,
+    NodeId,
+    ReadState,
+    Ready,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+)
+
+log = logging.getLogger("rota.driver")
+
+TICKS_CATCH_UP_MAX = 100
+
+Offload = Callable[..., Awaitable[Any]]
+INBOX_ITEMS_MAX = 65_536
+
+
+class StateMachine(Protocol):
+    """The replicated state machine as the driver sees it (runs in a worker thread)."""
+
+    def applied_index(self) -> int: ...
+
+    def apply(self, entries: Sequence[Entry]) -> list[bytes]:
+        """Apply committed entries in order and record the last index, atomically.
+
+        Returns one result per entry (empty bytes for no-ops and conf changes)."""
+        ...
+
+    def snapshot_image(self) -> tuple[int, bytes]:
+        """A consistent image of the tables and the applied index it reflects."""
+        ...
+
+    def restored(self, meta: SnapshotMeta) -> None:
+        """The storage installed a leader's snapshot: drop any cached state."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    index: int
+    result: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NotCommitted:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    reason: str
+
+
+Outcome = Committed | NotCommitted | Unknown
+
+
+class _Waiter:
+    __slots__ = ("event", "outcome", "term")
+
+    def __init__(self, term: int) -> None:
+        self.term = term
+        self.event = trio.Event()
+        self.outcome: Outcome = Unknown("timed out")
+
+    def resolve(self, outcome: Outcome) -> None:
+        if not self.event.is_set():
+            self.outcome = outcome
+            self.event.set()
+
+
+@dataclass(frozen=True, slots=True)
+class DriverStats:
+    term: int
+    role: Role
+    leader: NodeId | None
+    commit_index: int
+    applied_index: int
+    last_index: int
+    ready_count: int
+    fsync_seconds_total: float
+
+
+class RaftDriver:
+    def __init__(
+        self,
+        config: Config,
+        storage: LogStorage,
+        state_machine: StateMachine,
+        send: Callable[[Message], bool],
+        rng_seed: int,
+        tick_s: float,
+        on_apply: Callable[[Sequence[Entry], list[bytes]], None] | None = None,
+        offload: Offload | None = None,
+    ) -> None:
+        self.storage = storage
+        self.sm = state_machine
+        self.raft = Raft(config, storage, random.Random(rng_seed))
+        self.id = config.id
+        self._send = send
+        self.tick_s = tick_s
+        self._on_apply = on_apply
+        # Blocking storage work runs here; tests pass an inline runner for MockClock.
+        self._offload: Offload = offload or trio.to_thread.run_sync
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[Callable[[], None]](
+            INBOX_ITEMS_MAX
+        )
+        self._waiters: dict[int, _Waiter] = {}
+        self._reads: dict[bytes, tuple[trio.Event, list[int]]] = {}
+        self._read_ids = itertools.count(1)
+        self._applied_event = trio.Event()
+        self._state_event = trio.Event()
+        self.ready_count = 0
+        self.fsync_seconds_total = 0.0
+        self.fsync_observer: Callable[[float], None] | None = None
+
+    # ----------------------------------------------------------------- queries
+    def stats(self) -> DriverStats:
+        r = self.raft
+        return DriverStats(
+            r.term,
+            r.role,
+            r.leader,
+            r.commit_index,
+            r.applied_index,
+            r.last_index(),
+            self.ready_count,
+            self.fsync_seconds_total,
+        )
+
+    async def wait_state_change(self) -> None:
+        await self._state_event.wait()
+
+    async def wait_applied(self, index: int) -> None:
+        while self.raft.applied_index < index:
+            await self._applied_event.wait()
+
+    # ------------------------------------------------------------------ inputs
+    def deliver(self, msg: Message) -> None:
+        """Called by the transport for each inbound Raft message; drops when overloaded."""
+        try:
+            self._inbox_send.send_nowait(lambda: self.raft.step(msg))
+        except trio.WouldBlock:
+            log.warning("raft inbox full; dropping %s from %s", type(msg).__name__, msg.src)
+
+    async def _call(self, fn: Callable[[], object]) -> object:
+        """Run ``fn`` inside the loop task (between Readies) and return its value."""
+        done = trio.Event()
+        box: list[object] = []
+
+        def run() -> None:
+            try:
+                box.append(fn())
+            except RaftError as e:
+                box.append(e)
+            done.set()
+
+        await self._inbox_send.send(run)
+        await done.wait()
+        result = box[0]
+        if isinstance(result, RaftError):
+            raise result
+        return result
+
+    async def propose(self, data: bytes, timeout_s: float) -> Outcome:
+        """Propose on this node (must be leader); raises NotLeader / ProposalDropped."""
+
+        def start() -> _Waiter:
+            index = self.raft.propose(data)
+            waiter = _Waiter(self.raft.term)
+            self._waiters[index] = waiter
+            return waiter
+
+        waiter = await self._call(start)
+        assert isinstance(waiter, _Waiter)
+        with trio.move_on_after(timeout_s):
+            await waiter.event.wait()
+        return waiter.outcome
+
+    async def propose_conf_change(self, cc: ConfChange, timeout_s: float) -> Outcome:
+        def start() -> _Waiter:
+            index = self.raft.propose_conf_change(cc)
+            waiter = _Waiter(self.raft.term)
+            self._waiters[index] = waiter
+            return waiter
+
+        waiter = await self._call(start)
+        assert isinstance(waiter, _Waiter)
+        with trio.move_on_after(timeout_s):
+            await waiter.event.wait()
+        return waiter.outcome
+
+    async def transfer_leadership(self, target: NodeId) -> None:
+        await self._call(lambda: self.raft.transfer_leadership(target))
+
+    async def read_barrier(self, timeout_s: float) -> int:
+        """A linearizable read point: returns once applied >= the ReadIndex.
+
+        Raises ``NotLeader`` when no leader is known and ``trio.TooSlowError`` on timeout."""
+        ctx = next(self._read_ids).to_bytes(8, "big")
+        event, box = trio.Event(), list[int]()
+        self._reads[ctx] = (event, box)
+        try:
+            with trio.fail_after(timeout_s):
+                await self._call(lambda: self.raft.read_index(ctx))
+                await event.wait()
+                await self.wait_applied(box[0])
+                return box[0]
+        finally:
+            self._reads.pop(ctx, None)
+
+    async def take_snapshot(self) -> int:
+        """Snapshot the state machine at its applied index and compact the log below it."""
+        taken: tuple[int, bytes] = await self._offload(self.sm.snapshot_image)
+        index, image = taken
+        if index <= self.storage.first_index() - 1:
+            return index  # nothing new since the last snapshot
+        conf = await self._call(lambda: self.raft.conf_at(index))
+        assert isinstance(conf, ConfState)
+        snap = Snapshot(SnapshotMeta(index, self.storage.term(index), conf), image)
+
+        def record() -> None:
+            self.storage.set_snapshot(snap)
+            self.storage.compact(index)
+
+        await self._offload(record)
+        return index
+
+    # -------------------------------------------------------------------- loop
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        next_tick = trio.current_time() + self.tick_s
+        while True:
+            with trio.move_on_at(next_tick):
+                item = await self._inbox_recv.receive()
+                item()
+            self._drain_inbox()
+            now = trio.current_time()
+            ticks = 0
+            while now >= next_tick and ticks < TICKS_CATCH_UP_MAX:
+                self.raft.tick()
+                next_tick += self.tick_s
+                ticks += 1
+            if now >= next_tick:
+                next_tick = now + self.tick_s  # too far behind: resynchronise
+            while self.raft.has_ready():
+                await self._handle_ready(self.raft.ready())
+                self._drain_inbox()
+
+    def _drain_inbox(self) -> None:
+        for _ in range(INBOX_ITEMS_MAX):
+            try:
+                item = self._inbox_recv.receive_nowait()
+            except trio.WouldBlock:
+                return
+            item()
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        self.ready_count += 1
+        if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+            start = trio.current_time()
+            await self._offload(self._persist, rd)
+            elapsed = trio.current_time() - start
+            self.fsync_seconds_total += elapsed
+            if self.fsync_observer is not None:
+                self.fsync_observer(elapsed)
+        for m in rd.messages:
+            self._send(m)
+        if rd.committed_entries:
+            results = await self._offload(self.sm.apply, rd.committed_entries)
+            self._resolve(rd.committed_entries, results)
+            if self._on_apply is not None:
+                self._on_apply(rd.committed_entries, results)
+        for rs in rd.read_states:
+            self._read_ready(rs)
+        self.raft.advance(rd)
+        if rd.committed_entries or rd.snapshot is not None:
+            self._applied_event.set()
+            self._applied_event = trio.Event()
+        if rd.soft_state is not None:
+            self._on_soft_state()
+
+    def _persist(self, rd: Ready) -> None:
+        self.storage.save(rd.hard_state, rd.entries, rd.snapshot, sync=True)
+        if rd.snapshot is not None:
+            self.sm.restored(rd.snapshot.meta)
+
+    def _resolve(self, entries: Sequence[Entry], results: list[bytes]) -> None:
+        for e, result in zip(entries, results, strict=True):
+            waiter = self._waiters.pop(e.index, None)
+            if waiter is None:
+                continue
+            if e.term == waiter.term:
+                waiter.resolve(Committed(e.index, result))
+            else:
+                waiter.resolve(NotCommitted(f"entry {e.index} was replaced by term {e.term}"))
+
+    def _read_ready(self, rs: ReadState) -> None:
+        pending = self._reads.get(rs.ctx)
+        if pending is not None:
+            pending[1].append(rs.index)
+            pending[0].set()
+
+    def _on_soft_state(self) -> None:
+        # Waiters survive a leadership change: their entries may still commit under
+        # the next leader, and are resolved when applied or when their callers time out.
+        self._state_event.set()
+        self._state_event = trio.Event()
+
+
+__all__ = [
+    "Committed",
+    "NotCommitted",
+    "NotLeader",
+    "Outcome",
+    "ProposalDropped",
+    "RaftDriver",
+    "StateMachine",
+    "Unknown",
+]

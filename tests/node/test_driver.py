@@ -1,0 +1,144 @@
+"""The Raft driver on MockClock with in-memory storage and transport."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from consensus.raft import Config, NotLeader
+from consensus.storage import MemoryStorage
+from consensus.types import ConfState, Entry, EntryType, Message, Role, SnapshotMeta
+from node.driver import Committed, RaftDriver, Unknown
+
+
+class ListStateMachine:
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+        self.applied = 0
+
+    def applied_index(self) -> int:
+        return self.applied
+
+    def apply(self, entries: Sequence[Entry]) -> list[bytes]:
+        out = []
+        for e in entries:
+            if e.type is EntryType.NORMAL and e.data:
+                self.items.append(e.data)
+                out.append(b"ok:" + e.data)
+            else:
+                out.append(b"")
+            self.applied = e.index
+        return out
+
+    def snapshot_image(self) -> tuple[int, bytes]:
+        return self.applied, b"\n".join(self.items)
+
+    def restored(self, meta: SnapshotMeta) -> None:
+        self.applied = meta.index
+
+
+async def inline(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run storage work in the trio thread so MockClock stays deterministic."""
+    await trio.lowlevel.checkpoint()
+    return fn(*args)
+
+
+class Cluster:
+    def __init__(self, ids: list[str]) -> None:
+        conf = ConfState(voters=frozenset(ids))
+        self.down: set[str] = set()
+        self.drivers: dict[str, RaftDriver] = {}
+        self.sms: dict[str, ListStateMachine] = {}
+        for n, i in enumerate(ids):
+            sm = ListStateMachine()
+            self.sms[i] = sm
+            self.drivers[i] = RaftDriver(
+                Config(id=i),
+                MemoryStorage(conf),
+                sm,
+                self.send,
+                rng_seed=n,
+                tick_s=0.05,
+                offload=inline,
+            )
+
+    def send(self, m: Message) -> bool:
+        if m.src in self.down or m.dst in self.down:
+            return False
+        self.drivers[m.dst].deliver(m)
+        return True
+
+    def leader(self) -> str | None:
+        leaders = [i for i, d in self.drivers.items() if d.raft.role is Role.LEADER]
+        live = [i for i in leaders if i not in self.down]
+        return live[0] if len(live) == 1 else None
+
+    async def wait_leader(self) -> str:
+        while (leader := self.leader()) is None:
+            await trio.sleep(0.05)
+        return leader
+
+
+async def test_three_drivers_elect_commit_and_apply_everywhere(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(["a", "b", "c"])
+    async with trio.open_nursery() as nursery:
+        for d in c.drivers.values():
+            await nursery.start(d.run)
+        leader = await c.wait_leader()
+        outcome = await c.drivers[leader].propose(b"hello", timeout_s=2.0)
+        assert isinstance(outcome, Committed)
+        assert outcome.result == b"ok:hello"
+        await trio.sleep(0.5)
+        assert all(sm.items == [b"hello"] for sm in c.sms.values())
+        follower = next(i for i in c.drivers if i != leader)
+        with pytest.raises(NotLeader) as info:
+            await c.drivers[follower].propose(b"x", timeout_s=1.0)
+        assert info.value.leader == leader
+        index = await c.drivers[follower].read_barrier(timeout_s=2.0)
+        assert index >= outcome.index
+        nursery.cancel_scope.cancel()
+
+
+async def test_leader_loss_gives_unknown_not_failure_and_new_leader_commits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(["a", "b", "c"])
+    async with trio.open_nursery() as nursery:
+        for d in c.drivers.values():
+            await nursery.start(d.run)
+        leader = await c.wait_leader()
+        c.down.add(leader)  # the old leader can no longer reach anyone
+        outcome = await c.drivers[leader].propose(b"lost?", timeout_s=1.0)
+        assert isinstance(outcome, Unknown)
+        new_leader = await c.wait_leader()
+        assert new_leader != leader
+        outcome2 = await c.drivers[new_leader].propose(b"after", timeout_s=2.0)
+        assert isinstance(outcome2, Committed)
+        nursery.cancel_scope.cancel()
+
+
+async def test_snapshot_compacts_and_lagging_follower_catches_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(["a", "b", "c"])
+    async with trio.open_nursery() as nursery:
+        for d in c.drivers.values():
+            await nursery.start(d.run)
+        leader = await c.wait_leader()
+        lagger = next(i for i in c.drivers if i != leader)
+        c.down.add(lagger)
+        for k in range(20):
+            assert isinstance(await c.drivers[leader].propose(b"%d" % k, 2.0), Committed)
+        index = await c.drivers[leader].take_snapshot()
+        assert c.drivers[leader].storage.first_index() == index + 1
+        c.down.clear()
+        while c.drivers[lagger].raft.applied_index < index:
+            await trio.sleep(0.1)
+        assert c.sms[lagger].applied >= index
+        nursery.cancel_scope.cancel()
