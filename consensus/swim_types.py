@@ -26,7 +26,8 @@ Shapes (kind first):
     Suspect [1, node, incarnation, by]
     Dead    [2, node, incarnation, by]
     Left    [3, node, incarnation]
-    meta    [raft_id, api_address, role, free_slots, queue_depth, [tag...], version]
+    meta    [raft_id, api_address, role, free_slots, queue_depth, [tag...], version,
+             raft_address, applied_index]
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ Addr = tuple[str, int]
 MAX_ID_BYTES = 64  # member ids and raft ids
 MAX_HOST_BYTES = 253  # a DNS name at most
 MAX_API_ADDRESS_BYTES = 128
+MAX_RAFT_ADDRESS_BYTES = 64  # host:port; a numeric address or a short name
 MAX_LABEL_BYTES = 32  # role, version, each tag
 MAX_TAGS = 8
 MAX_COUNT = (1 << 32) - 1  # free_slots, queue_depth
@@ -90,9 +92,13 @@ class NodeMeta:
     queue_depth: int = 0
     tags: tuple[str, ...] = ()
     version: str = ""
+    raft_address: str = ""  # host:port of the Raft transport
+    applied_index: int = 0
 
     def __post_init__(self) -> None:
         _check_text(self.raft_id, "raft_id", MAX_ID_BYTES)
+        _check_text(self.raft_address, "raft_address", MAX_RAFT_ADDRESS_BYTES)
+        _check_int(self.applied_index, "applied_index", MAX_INCARNATION)
         _check_text(self.api_address, "api_address", MAX_API_ADDRESS_BYTES)
         _check_text(self.role, "role", MAX_LABEL_BYTES)
         _check_int(self.free_slots, "free_slots", MAX_COUNT)
@@ -250,6 +256,8 @@ def _encode_update(u: Update) -> list[object]:
                 m.queue_depth,
                 list(m.tags),
                 m.version,
+                m.raft_address,
+                m.applied_index,
             ]
             return [0, node, inc, host, port, meta]
         case Suspect(node, inc, by):
@@ -327,11 +335,11 @@ def _decode_update(obj: object) -> Update:
 
 
 def _decode_meta(obj: object) -> NodeMeta:
-    if not isinstance(obj, list) or len(obj) != 7 or not isinstance(obj[5], list):
-        raise ValueError("meta: expected an array of 7 with an array of tags")
+    if not isinstance(obj, list) or len(obj) != 9 or not isinstance(obj[5], list):
+        raise ValueError("meta: expected an array of 9 with an array of tags")
     if len(obj[5]) > MAX_TAGS:
         raise ValueError(f"tags: more than {MAX_TAGS}")
-    return NodeMeta(obj[0], obj[1], obj[2], obj[3], obj[4], tuple(obj[5]), obj[6])
+    return NodeMeta(obj[0], obj[1], obj[2], obj[3], obj[4], tuple(obj[5]), obj[6], obj[7], obj[8])
 
 
 # -------------------------------------------------------------------------- sizes
@@ -381,7 +389,15 @@ def _worst_case_bytes() -> int:
     label = "l" * MAX_LABEL_BYTES
     addr = ("h" * MAX_HOST_BYTES, 65535)
     meta = NodeMeta(
-        big_id, "a" * MAX_API_ADDRESS_BYTES, label, MAX_COUNT, MAX_COUNT, (label,) * MAX_TAGS, label
+        big_id,
+        "a" * MAX_API_ADDRESS_BYTES,
+        label,
+        MAX_COUNT,
+        MAX_COUNT,
+        (label,) * MAX_TAGS,
+        label,
+        "r" * MAX_RAFT_ADDRESS_BYTES,
+        MAX_INCARNATION,
     )
     alive = Alive(big_id, MAX_INCARNATION, addr, meta)
     return message_bytes(PingReq(MAX_SEQ, big_id, big_id, addr, (alive,)))
