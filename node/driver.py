@@ -44,6 +44,8 @@ log = logging.getLogger("rota.driver")
 TICKS_CATCH_UP_MAX = 100
 
 Offload = Callable[..., Awaitable[Any]]
+# Work run by the loop task between Readies; an awaitable result is awaited there.
+InboxItem = Callable[[], Awaitable[None] | None]
 INBOX_ITEMS_MAX = 65_536
 
 
@@ -58,8 +60,8 @@ class StateMachine(Protocol):
         Returns one result per entry (empty bytes for no-ops and conf changes)."""
         ...
 
-    def snapshot_image(self) -> tuple[int, bytes]:
-        """A consistent image of the tables and the applied index it reflects."""
+    def create_snapshot(self, index: int, term: int, conf: ConfState) -> Snapshot:
+        """A consistent image of the tables at ``index``, which is the applied index."""
         ...
 
     def restored(self, meta: SnapshotMeta) -> None:
@@ -133,9 +135,7 @@ class RaftDriver:
         self._on_apply = on_apply
         # Blocking storage work runs here; tests pass an inline runner for MockClock.
         self._offload: Offload = offload or trio.to_thread.run_sync
-        self._inbox_send, self._inbox_recv = trio.open_memory_channel[Callable[[], None]](
-            INBOX_ITEMS_MAX
-        )
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[InboxItem](INBOX_ITEMS_MAX)
         self._waiters: dict[int, _Waiter] = {}
         self._reads: dict[bytes, tuple[trio.Event, list[int]]] = {}
         self._read_ids = itertools.count(1)
@@ -241,21 +241,34 @@ class RaftDriver:
             self._reads.pop(ctx, None)
 
     async def take_snapshot(self) -> int:
-        """Snapshot the state machine at its applied index and compact the log below it."""
-        taken: tuple[int, bytes] = await self._offload(self.sm.snapshot_image)
-        index, image = taken
-        if index <= self.storage.first_index() - 1:
-            return index  # nothing new since the last snapshot
-        conf = await self._call(lambda: self.raft.conf_at(index))
-        assert isinstance(conf, ConfState)
-        snap = Snapshot(SnapshotMeta(index, self.storage.term(index), conf), image)
+        """Snapshot the state machine at its applied index and compact the log below it.
 
-        def record() -> None:
-            self.storage.set_snapshot(snap)
-            self.storage.compact(index)
+        Runs inside the loop task (nothing is applied meanwhile), so the image, its
+        index and the configuration at that index agree."""
+        done = trio.Event()
+        box: list[int] = []
 
-        await self._offload(record)
-        return index
+        async def work() -> None:
+            try:
+                index = self.raft.applied_index
+                if index > self.storage.first_index() - 1:
+                    conf = self.raft.conf_at(index)
+                    term = self.storage.term(index)
+                    snap = await self._offload(self.sm.create_snapshot, index, term, conf)
+                    await self._offload(self._record_snapshot, snap)
+                box.append(index)
+            finally:
+                done.set()
+
+        await self._inbox_send.send(work)
+        await done.wait()
+        if not box:
+            raise RuntimeError("snapshot failed; see the node log")
+        return box[0]
+
+    def _record_snapshot(self, snap: Snapshot) -> None:
+        self.storage.set_snapshot(snap)
+        self.storage.compact(snap.meta.index)
 
     # -------------------------------------------------------------------- loop
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -264,8 +277,8 @@ class RaftDriver:
         while True:
             with trio.move_on_at(next_tick):
                 item = await self._inbox_recv.receive()
-                item()
-            self._drain_inbox()
+                await self._run_item(item)
+            await self._drain_inbox()
             now = trio.current_time()
             ticks = 0
             while now >= next_tick and ticks < TICKS_CATCH_UP_MAX:
@@ -276,15 +289,21 @@ class RaftDriver:
                 next_tick = now + self.tick_s  # too far behind: resynchronise
             while self.raft.has_ready():
                 await self._handle_ready(self.raft.ready())
-                self._drain_inbox()
+                await self._drain_inbox()
 
-    def _drain_inbox(self) -> None:
+    @staticmethod
+    async def _run_item(item: InboxItem) -> None:
+        result = item()
+        if result is not None:
+            await result
+
+    async def _drain_inbox(self) -> None:
         for _ in range(INBOX_ITEMS_MAX):
             try:
                 item = self._inbox_recv.receive_nowait()
             except trio.WouldBlock:
                 return
-            item()
+            await self._run_item(item)
 
     async def _handle_ready(self, rd: Ready) -> None:
         self.ready_count += 1

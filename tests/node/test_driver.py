@@ -11,7 +11,7 @@ import trio.testing
 
 from consensus.raft import Config, NotLeader
 from consensus.storage import MemoryStorage
-from consensus.types import ConfState, Entry, EntryType, Message, Role, SnapshotMeta
+from consensus.types import ConfState, Entry, EntryType, Message, Role, Snapshot, SnapshotMeta
 from node.driver import Committed, RaftDriver, Unknown
 
 
@@ -34,8 +34,9 @@ class ListStateMachine:
             self.applied = e.index
         return out
 
-    def snapshot_image(self) -> tuple[int, bytes]:
-        return self.applied, b"\n".join(self.items)
+    def create_snapshot(self, index: int, term: int, conf: ConfState) -> Snapshot:
+        assert index == self.applied
+        return Snapshot(SnapshotMeta(index, term, conf), b"\n".join(self.items))
 
     def restored(self, meta: SnapshotMeta) -> None:
         self.applied = meta.index
