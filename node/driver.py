@@ -174,6 +174,13 @@ class RaftDriver:
         except trio.WouldBlock:
             log.warning("raft inbox full; dropping %s from %s", type(msg).__name__, msg.src)
 
+    def report_unreachable(self, peer: NodeId) -> None:
+        """The transport lost its connection to ``peer``: stop pipelining to it."""
+        try:
+            self._inbox_send.send_nowait(lambda: self.raft.report_unreachable(peer))
+        except trio.WouldBlock:
+            pass  # advisory only
+
     async def _call(self, fn: Callable[[], object]) -> object:
         """Run ``fn`` inside the loop task (between Readies) and return its value."""
         done = trio.Event()

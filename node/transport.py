@@ -1,0 +1,684 @@
+"""The peer transport: authenticated TCP connections that carry frames between nodes.
+
+Theory of operation. ``serve()`` listens and runs, in its own nursery, one link
+task per peer (``set_peers``), each owning at most one outbound connection to
+that peer and reconnecting with jittered exponential backoff. Frames go one way
+per connection, and RPC responses ride back on the connection of their request::
+
+    outbound connection (we dialled)    we write RaftFrame, Request; we read Response
+    inbound connection (they dialled)   we read RaftFrame, Request; we write Response
+
+A frame arriving in the wrong direction is a protocol error. Answering on the
+request's own connection means a node can answer a peer whose address it does
+not know, and a request whose connection dies fails at once instead of waiting
+for its timeout.
+
+Rules:
+- Every connection authenticates (``node/peerauth.py``) within
+  ``handshake_timeout_s`` before a single frame is read. The authenticated peer id
+  is bound to the connection and passed to ``on_frame``; the node layer drops a
+  Raft message whose ``src`` differs from it. A newer inbound connection from
+  the same peer replaces the older one (the peer restarted or reconnected).
+- ``send`` never blocks. The caller's frame is encoded at once and queued on the
+  peer's send queue, bounded in frames and bytes; when full the frame is dropped
+  and counted (Raft tolerates loss). A writer drains the queue into one
+  ``send_all`` per wakeup, up to ``write_batch_bytes_max``.
+- Anything a peer does wrong (failed authentication, handshake timeout, a bad
+  length prefix, a malformed or misdirected frame, a stalled write) closes that
+  connection only, is counted, and is logged at warning without secrets. The
+  node keeps running.
+- Bugs are not swallowed: an exception from ``on_frame``, ``on_peer_down`` or a
+  request handler (other than ``RemoteError``) propagates and stops ``serve()``.
+- Everything is bounded (``TransportLimits``): frame size, queue frames and bytes,
+  write batch, inbound connections, outstanding requests, requests served at once
+  per connection, connect/handshake/write time, and reconnect backoff.
+
+Exceptions raised by ``request``::
+
+    TransportError
+     ├── PeerUnavailable   unknown or removed peer, full send queue, or the connection
+     │                     carrying the request was lost (it may have run)
+     ├── TooManyRequests   requests_outstanding_max requests already wait here
+     ├── RequestTimeout    no response within timeout_s (it may have run)
+     └── RemoteError       the peer answered with an error (also raised by handlers)
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import partial
+
+import trio
+
+from consensus.types import NodeId
+from node.peerauth import AuthenticationFailed, Authenticator
+from node.wire import (
+    MAX_FRAME_BYTES_DEFAULT,
+    MAX_FRAME_BYTES_LIMIT,
+    Frame,
+    FrameDecoder,
+    RaftFrame,
+    Request,
+    Response,
+    WireError,
+    encode_frame,
+)
+
+log = logging.getLogger("rota.transport")
+
+RECEIVE_CHUNK_BYTES = 64 << 10
+ERROR_TEXT_BYTES_MAX = 1024  # of a RemoteError's message on the wire
+
+Handler = Callable[[NodeId, bytes], Awaitable[bytes]]
+Address = tuple[str, int]
+_IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+class TransportError(Exception):
+    """Base of the errors ``request`` raises (see the module doc)."""
+
+
+class PeerUnavailable(TransportError):
+    pass
+
+
+class TooManyRequests(TransportError):
+    pass
+
+
+class RequestTimeout(TransportError):
+    pass
+
+
+class RemoteError(TransportError):
+    """The peer's handler failed; handlers raise it to answer with an error text."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransportLimits:
+    """Every bound of the transport, with its unit in its name."""
+
+    max_frame_bytes: int = MAX_FRAME_BYTES_DEFAULT
+    send_queue_frames_max: int = 4096
+    send_queue_bytes_max: int = 64 << 20
+    write_batch_bytes_max: int = 1 << 20
+    inbound_connections_max: int = 256
+    requests_outstanding_max: int = 1024
+    requests_serving_max: int = 64  # per inbound connection
+    connect_timeout_s: float = 5.0
+    handshake_timeout_s: float = 5.0
+    write_timeout_s: float = 10.0
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 64 <= self.max_frame_bytes <= MAX_FRAME_BYTES_LIMIT:
+            raise ValueError(f"max_frame_bytes: must be in [64, {MAX_FRAME_BYTES_LIMIT}]")
+        for name in (
+            "send_queue_frames_max",
+            "send_queue_bytes_max",
+            "write_batch_bytes_max",
+            "inbound_connections_max",
+            "requests_outstanding_max",
+            "requests_serving_max",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+        for name in ("connect_timeout_s", "handshake_timeout_s", "write_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be positive")
+        if not 0 < self.backoff_initial_s <= self.backoff_max_s:
+            raise ValueError("backoff: need 0 < backoff_initial_s <= backoff_max_s")
+
+
+def backoff_delay_s(attempt: int, rng: random.Random, initial_s: float, max_s: float) -> float:
+    """Delay before reconnect ``attempt`` (0-based): exponential, capped, "equal jitter".
+
+    Half the nominal delay is fixed and half random, so peers that lost a node at
+    the same moment spread their reconnects but never hammer it with zero waits."""
+    nominal = min(max_s, initial_s * 2 ** min(attempt, 32))
+    return rng.uniform(nominal / 2, nominal)
+
+
+@dataclass(slots=True)
+class PeerCounters:
+    """Monotonic counts for one peer (a statistics snapshot holds a copy)."""
+
+    frames_sent: int = 0
+    frames_received: int = 0
+    frames_dropped: int = 0  # queue full, unencodable, or lost with a failed write
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    connects: int = 0  # outbound connections established
+    connect_failures: int = 0  # outbound attempts refused, timed out or not authenticated
+    disconnects: int = 0  # established outbound connections that ended
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatistics:
+    address: Address | None  # None for a peer seen only inbound
+    connected: bool  # our outbound connection is up
+    inbound: bool  # the peer's connection to us is up
+    queued_frames: int
+    queued_bytes: int
+    counters: PeerCounters
+
+
+@dataclass(frozen=True, slots=True)
+class TransportStatistics:
+    node_id: NodeId
+    port: int
+    peers: Mapping[NodeId, PeerStatistics]
+    outbound_connections: int
+    inbound_connections: int  # authenticated
+    handshakes: int  # inbound connections still authenticating
+    auth_failures: int
+    handshake_timeouts: int
+    protocol_errors: int  # malformed or misdirected frames
+    inbound_refused: int  # over inbound_connections_max
+    frames_dropped_unknown_peer: int
+    requests_outstanding: int
+
+
+class _SendQueue:
+    """Encoded frames waiting for a connection, bounded in frames and bytes."""
+
+    def __init__(self, frames_max: int, bytes_max: int) -> None:
+        self.frames_max, self.bytes_max = frames_max, bytes_max
+        self.items: deque[tuple[bytes, int]] = deque()  # (frame bytes, request id or 0)
+        self.bytes = 0
+        self._nonempty = trio.Event()
+
+    def put(self, data: bytes, req_id: int = 0) -> bool:
+        if len(self.items) >= self.frames_max or self.bytes + len(data) > self.bytes_max:
+            return False
+        self.items.append((data, req_id))
+        self.bytes += len(data)
+        self._nonempty.set()
+        return True
+
+    async def take_batch(self, bytes_max: int) -> list[tuple[bytes, int]]:
+        """At least one item (waiting for it), then more while under ``bytes_max``."""
+        while not self.items:
+            if self._nonempty.is_set():
+                self._nonempty = trio.Event()
+            await self._nonempty.wait()
+        batch: list[tuple[bytes, int]] = []
+        size = 0
+        while self.items and (not batch or size + len(self.items[0][0]) <= bytes_max):
+            item = self.items.popleft()
+            batch.append(item)
+            size += len(item[0])
+        self.bytes -= size
+        return batch
+
+
+@dataclass(eq=False, slots=True)
+class _Link:
+    """A configured peer: its address, send queue, and the task that dials it."""
+
+    peer: NodeId
+    address: Address
+    queue: _SendQueue
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    attempt_scope: trio.CancelScope | None = None  # cancelled when the address changes
+    connected: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Conn:
+    """One authenticated connection, in either direction."""
+
+    peer: NodeId
+    outbound: bool
+    stream: trio.abc.Stream
+    queue: _SendQueue
+    where: str
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    nursery: trio.Nursery | None = None
+    sent_requests: set[int] = field(default_factory=set)
+    serving: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    peer: NodeId
+    done: trio.Event = field(default_factory=trio.Event)
+    conn: _Conn | None = None
+    response: Response | None = None
+    error: str | None = None
+
+
+class PeerTransport:
+    """Frames and RPCs to peers. Start with ``port = await nursery.start(t.serve)``."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        listen_host: str,
+        listen_port: int,
+        auth: Authenticator,
+        limits: TransportLimits,
+        on_frame: Callable[[NodeId, Frame], None],
+        *,
+        on_peer_down: Callable[[NodeId], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        auth.check_local_id(node_id)
+        self.node_id = node_id
+        self.listen_host = listen_host
+        self.listen_port = listen_port  # the bound port once serving (port 0 picks one)
+        self._auth = auth
+        self._limits = limits
+        self._on_frame = on_frame
+        self._on_peer_down = on_peer_down
+        self._rng = rng or random.Random()
+        self._nursery: trio.Nursery | None = None
+        self._links: dict[NodeId, _Link] = {}
+        self._inbound: dict[NodeId, _Conn] = {}
+        self._counters: dict[NodeId, PeerCounters] = {}
+        self._handlers: dict[str, Handler] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._req_ids = itertools.count(1)
+        self._handshakes = 0
+        self._auth_failures = 0
+        self._handshake_timeouts = 0
+        self._protocol_errors = 0
+        self._inbound_refused = 0
+        self._dropped_unknown = 0
+
+    # ------------------------------------------------------------------ public API
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, dial every peer, and run until cancelled; ``started`` gets the bound port."""
+        assert self._nursery is None, "serve() is already running"
+        listeners = await trio.open_tcp_listeners(self.listen_port, host=self.listen_host)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(trio.serve_listeners, self._accept, listeners))
+                self.listen_port = listeners[0].socket.getsockname()[1]
+                self._nursery = nursery
+                for link in self._links.values():
+                    self._start_link(link)
+                log.info("%s: peer transport listening on port %d", self.node_id, self.listen_port)
+                task_status.started(self.listen_port)
+        finally:
+            self._nursery = None
+            for listener in listeners:  # serve_listeners closes them, unless cancelled first
+                await trio.aclose_forcefully(listener)
+            for link in self._links.values():
+                link.connected = False
+            for pending in self._pending.values():
+                self._fail(pending, "the transport stopped")
+
+    def set_peers(self, peers: Mapping[NodeId, Address]) -> None:
+        """Replace the peer set: dial new peers, forget removed ones, redial moved ones."""
+        for peer in list(self._links):
+            if peer not in peers:
+                self._remove_link(peer)
+        for peer, (host, port) in peers.items():
+            if peer == self.node_id:
+                continue
+            if not isinstance(host, str) or not host or not 0 < port < 65536:
+                raise ValueError(f"peer {peer!r}: bad address {host!r}:{port!r}")
+            link = self._links.get(peer)
+            if link is None:
+                queue = _SendQueue(
+                    self._limits.send_queue_frames_max, self._limits.send_queue_bytes_max
+                )
+                link = self._links[peer] = _Link(peer, (host, port), queue)
+                self._counters.setdefault(peer, PeerCounters())
+                if self._nursery is not None:
+                    self._start_link(link)
+            elif link.address != (host, port):
+                link.address = (host, port)
+                if link.attempt_scope is not None:
+                    link.attempt_scope.cancel()
+
+    def send(self, peer: NodeId, frame: Frame) -> bool:
+        """Queue ``frame`` for ``peer`` without blocking; False if it was dropped."""
+        assert not isinstance(frame, Request | Response), "RPC frames go through request()"
+        link = self._links.get(peer)
+        if link is None:
+            self._dropped_unknown += 1
+            return False
+        counters = self._counters[peer]
+        try:
+            data = encode_frame(frame, self._limits.max_frame_bytes)
+        except WireError as e:
+            counters.frames_dropped += 1
+            log.error("%s: cannot send a frame to %s: %s", self.node_id, peer, e)
+            return False
+        if not link.queue.put(data):
+            counters.frames_dropped += 1
+            return False
+        return True
+
+    def on_request(self, method: str, handler: Handler) -> None:
+        """Serve ``method``: ``await handler(peer, body)`` returns the response body.
+
+        A handler answers with an error by raising ``RemoteError(text)``; any other
+        exception is a bug and stops the transport."""
+        assert method not in self._handlers, f"{method} already has a handler"
+        self._handlers[method] = handler
+
+    async def request(self, peer: NodeId, method: str, body: bytes, timeout_s: float) -> bytes:
+        """Call ``method`` on ``peer`` and return its response body (errors: module doc).
+
+        An oversized body or a bad method name raises ``WireError`` before sending."""
+        link = self._links.get(peer)
+        if link is None:
+            raise PeerUnavailable(f"unknown peer {peer!r}")
+        if len(self._pending) >= self._limits.requests_outstanding_max:
+            raise TooManyRequests(f"{len(self._pending)} requests outstanding")
+        req_id = next(self._req_ids)
+        data = encode_frame(Request(req_id, method, body), self._limits.max_frame_bytes)
+        pending = self._pending[req_id] = _Pending(peer)
+        try:
+            if not link.queue.put(data, req_id):
+                self._counters[peer].frames_dropped += 1
+                raise PeerUnavailable(f"send queue to {peer} is full")
+            with trio.move_on_after(timeout_s):
+                await pending.done.wait()
+            if pending.error is not None:
+                raise PeerUnavailable(pending.error)
+            if pending.response is None:
+                raise RequestTimeout(f"{method} to {peer}: no response in {timeout_s} s")
+            if not pending.response.ok:
+                raise RemoteError(pending.response.body.decode("utf-8", "replace"))
+            return pending.response.body
+        finally:
+            del self._pending[req_id]
+            if pending.conn is not None:
+                pending.conn.sent_requests.discard(req_id)
+
+    def statistics(self) -> TransportStatistics:
+        peers = {}
+        for peer, counters in self._counters.items():
+            link = self._links.get(peer)
+            peers[peer] = PeerStatistics(
+                address=link.address if link else None,
+                connected=link.connected if link else False,
+                inbound=peer in self._inbound,
+                queued_frames=len(link.queue.items) if link else 0,
+                queued_bytes=link.queue.bytes if link else 0,
+                counters=replace(counters),
+            )
+        return TransportStatistics(
+            node_id=self.node_id,
+            port=self.listen_port,
+            peers=peers,
+            outbound_connections=sum(link.connected for link in self._links.values()),
+            inbound_connections=len(self._inbound),
+            handshakes=self._handshakes,
+            auth_failures=self._auth_failures,
+            handshake_timeouts=self._handshake_timeouts,
+            protocol_errors=self._protocol_errors,
+            inbound_refused=self._inbound_refused,
+            frames_dropped_unknown_peer=self._dropped_unknown,
+            requests_outstanding=len(self._pending),
+        )
+
+    # ------------------------------------------------------------- outbound links
+
+    def _start_link(self, link: _Link) -> None:
+        assert self._nursery is not None
+        link.scope = trio.CancelScope()  # a scope is entered once: a fresh one per task
+        self._nursery.start_soon(self._run_link, link)
+
+    def _remove_link(self, peer: NodeId) -> None:
+        link = self._links.pop(peer)
+        link.scope.cancel()
+        self._counters[peer].frames_dropped += len(link.queue.items)
+        for pending in self._pending.values():
+            if pending.peer == peer:
+                self._fail(pending, f"peer {peer} was removed")
+        if peer not in self._inbound:
+            del self._counters[peer]
+
+    async def _run_link(self, link: _Link) -> None:
+        """Keep one outbound connection to ``link.peer`` up, until the peer is removed."""
+        attempt = 0
+        with link.scope:
+            while True:
+                link.attempt_scope = trio.CancelScope()
+                with link.attempt_scope:
+                    lasted_s = await self._dial(link)
+                    if lasted_s is not None and lasted_s >= self._limits.backoff_max_s:
+                        attempt = 0  # it was healthy for a while: start backoff over
+                    delay_s = backoff_delay_s(
+                        attempt,
+                        self._rng,
+                        self._limits.backoff_initial_s,
+                        self._limits.backoff_max_s,
+                    )
+                    attempt += 1
+                    await trio.sleep(delay_s)
+                # An address change cancels the attempt scope: redial at once.
+
+    async def _dial(self, link: _Link) -> float | None:
+        """One connection to the peer; how long it was up (None if it never came up)."""
+        counters = self._counters[link.peer]
+        where = f"{link.peer} at {link.address[0]}:{link.address[1]}"
+        try:
+            with trio.fail_after(self._limits.connect_timeout_s):
+                raw = await trio.open_tcp_stream(*link.address)
+        except (OSError, trio.TooSlowError) as e:
+            counters.connect_failures += 1
+            log.debug("%s: cannot connect to %s: %r", self.node_id, where, e)
+            return None
+        stream: trio.abc.Stream = raw
+        try:
+            result = await self._handshake(raw, link.peer, where)
+            if result is None:
+                counters.connect_failures += 1
+                return None
+            stream = result[0]
+            conn = _Conn(link.peer, True, stream, link.queue, where)
+            link.connected = True
+            counters.connects += 1
+            log.info("%s: connected to %s", self.node_id, where)
+            up_since = trio.current_time()
+            try:
+                reason = await self._run_connection(conn)
+            finally:
+                link.connected = False
+                counters.disconnects += 1
+                for req_id in conn.sent_requests:
+                    if (pending := self._pending.get(req_id)) is not None:
+                        self._fail(pending, f"connection to {link.peer} lost")
+            log.info("%s: connection to %s ended: %s", self.node_id, where, reason)
+            if self._on_peer_down is not None:
+                self._on_peer_down(link.peer)
+            return trio.current_time() - up_since
+        finally:
+            await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(raw)
+
+    # ------------------------------------------------------------ inbound handling
+
+    async def _accept(self, raw: trio.SocketStream) -> None:
+        """One inbound connection (``serve_listeners`` closes ``raw`` afterwards)."""
+        where = _remote(raw)
+        if self._handshakes + len(self._inbound) >= self._limits.inbound_connections_max:
+            self._inbound_refused += 1
+            log.warning("%s: refusing %s: too many inbound connections", self.node_id, where)
+            return
+        self._handshakes += 1
+        try:
+            result = await self._handshake(raw, None, where)
+        finally:
+            self._handshakes -= 1
+        if result is None:
+            return
+        stream, peer = result
+        limits = self._limits
+        responses = _SendQueue(2 * limits.requests_serving_max, limits.send_queue_bytes_max)
+        conn = _Conn(peer, False, stream, responses, f"{peer} from {where}")
+        self._counters.setdefault(peer, PeerCounters())
+        if (old := self._inbound.get(peer)) is not None:
+            old.scope.cancel()  # the peer reconnected: its old connection is stale
+        self._inbound[peer] = conn
+        try:
+            with conn.scope:
+                reason = await self._run_connection(conn)
+                log.info("%s: inbound connection %s ended: %s", self.node_id, conn.where, reason)
+        finally:
+            if self._inbound.get(peer) is conn:
+                del self._inbound[peer]
+                if peer not in self._links:
+                    self._counters.pop(peer, None)
+            await trio.aclose_forcefully(stream)
+
+    async def _handshake(
+        self, raw: trio.SocketStream, peer: NodeId | None, where: str
+    ) -> tuple[trio.abc.Stream, NodeId] | None:
+        """Authenticate ``raw`` (dialling ``peer``, or accepting if None); None on failure."""
+        try:
+            with trio.fail_after(self._limits.handshake_timeout_s):
+                if peer is None:
+                    return await self._auth.accept(raw, self.node_id)
+                return await self._auth.connect(raw, self.node_id, peer), peer
+        except AuthenticationFailed as e:
+            self._auth_failures += 1
+            log.warning("%s: %s: authentication failed: %s", self.node_id, where, e)
+        except trio.TooSlowError:
+            self._handshake_timeouts += 1
+            log.warning("%s: %s: handshake timed out", self.node_id, where)
+        except _IO_ERRORS as e:
+            log.info("%s: %s: connection lost during handshake: %r", self.node_id, where, e)
+        return None
+
+    # ------------------------------------------------------------------ connections
+
+    async def _run_connection(self, conn: _Conn) -> str:
+        """Read and write ``conn`` until either side ends; why it ended."""
+        reasons: list[str] = []
+        async with trio.open_nursery() as nursery:
+            conn.nursery = nursery
+
+            async def until_done(loop: Callable[[_Conn], Awaitable[str]]) -> None:
+                reasons.append(await loop(conn))
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until_done, self._read_loop)
+            nursery.start_soon(until_done, self._write_loop)
+        return reasons[0]
+
+    async def _read_loop(self, conn: _Conn) -> str:
+        decoder = FrameDecoder(self._limits.max_frame_bytes)
+        counters = self._counters[conn.peer]
+        while True:
+            try:
+                data = await conn.stream.receive_some(RECEIVE_CHUNK_BYTES)
+            except _IO_ERRORS as e:
+                return f"receive failed: {e!r}"
+            if not data:
+                return "closed by the peer"
+            counters.bytes_received += len(data)
+            decoder.feed(data)
+            try:
+                while (frame := decoder.next_frame()) is not None:
+                    counters.frames_received += 1
+                    if (problem := self._dispatch(conn, frame)) is not None:
+                        return self._protocol_error(conn, problem)
+            except WireError as e:
+                return self._protocol_error(conn, f"malformed frame: {e}")
+
+    def _protocol_error(self, conn: _Conn, problem: str) -> str:
+        self._protocol_errors += 1
+        log.warning("%s: %s: %s; closing the connection", self.node_id, conn.where, problem)
+        return problem
+
+    def _dispatch(self, conn: _Conn, frame: Frame) -> str | None:
+        """Act on one inbound frame; a protocol problem's description, or None."""
+        match frame:
+            case RaftFrame() if not conn.outbound:
+                self._on_frame(conn.peer, frame)
+            case Request() if not conn.outbound:
+                self._start_request(conn, frame)
+            case Response() if conn.outbound:
+                pending = self._pending.get(frame.req_id)
+                # Only the peer that was asked may answer; late answers are ignored.
+                if pending is not None and pending.peer == conn.peer and not pending.done.is_set():
+                    pending.response = frame
+                    pending.done.set()
+            case _:
+                direction = "outbound" if conn.outbound else "inbound"
+                return f"{type(frame).__name__} frame on an {direction} connection"
+        return None
+
+    async def _write_loop(self, conn: _Conn) -> str:
+        counters = self._counters[conn.peer]
+        while True:
+            batch = await conn.queue.take_batch(self._limits.write_batch_bytes_max)
+            for _, req_id in batch:
+                if req_id and (pending := self._pending.get(req_id)) is not None:
+                    pending.conn = conn
+                    conn.sent_requests.add(req_id)
+            data = b"".join(item for item, _ in batch)
+            try:
+                with trio.fail_after(self._limits.write_timeout_s):
+                    await conn.stream.send_all(data)
+            except trio.TooSlowError:
+                counters.frames_dropped += len(batch)
+                return self._protocol_error(conn, "write stalled")
+            except _IO_ERRORS as e:
+                counters.frames_dropped += len(batch)
+                return f"send failed: {e!r}"
+            counters.frames_sent += len(batch)
+            counters.bytes_sent += len(data)
+
+    # --------------------------------------------------------------- serving RPCs
+
+    def _start_request(self, conn: _Conn, req: Request) -> None:
+        handler = self._handlers.get(req.method)
+        if handler is None:
+            self._respond(
+                conn, Response(req.req_id, False, f"unknown method {req.method}".encode())
+            )
+        elif conn.serving >= self._limits.requests_serving_max:
+            self._respond(conn, Response(req.req_id, False, b"overloaded: too many requests"))
+        else:
+            assert conn.nursery is not None
+            conn.serving += 1
+            conn.nursery.start_soon(self._serve_request, conn, handler, req)
+
+    async def _serve_request(self, conn: _Conn, handler: Handler, req: Request) -> None:
+        try:
+            body = await handler(conn.peer, req.body)
+            assert isinstance(body, bytes), f"handler of {req.method} returned {type(body)}"
+            response = Response(req.req_id, True, body)
+        except RemoteError as e:
+            response = Response(req.req_id, False, str(e).encode()[:ERROR_TEXT_BYTES_MAX])
+        finally:
+            conn.serving -= 1
+        self._respond(conn, response)
+
+    def _respond(self, conn: _Conn, response: Response) -> None:
+        try:
+            data = encode_frame(response, self._limits.max_frame_bytes)
+        except WireError:
+            error = Response(response.req_id, False, b"response larger than max_frame_bytes")
+            data = encode_frame(error, self._limits.max_frame_bytes)
+        if not conn.queue.put(data):
+            self._counters[conn.peer].frames_dropped += 1
+
+    def _fail(self, pending: _Pending, reason: str) -> None:
+        if not pending.done.is_set():
+            pending.error = reason
+            pending.done.set()
+
+
+def _remote(stream: trio.SocketStream) -> str:
+    """``host:port`` of the other end, for logs."""
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except OSError:
+        return "unknown address"
+    return f"{host}:{port}"

@@ -1,0 +1,141 @@
+"""In-memory twins of the web layer's seams, for tests and demos.
+
+``FakeNodePort`` keeps a small cluster model (members, leader, term, indexes) and
+implements ``NodePort`` with the contract's semantics and errors. ``fail_next``
+makes the next write raise a chosen ``PortError``, so tests can check how each
+error is rendered. ``calls`` records every write, so tests can assert that a
+rejected request never reached the port.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import trio
+
+from web.port import (
+    ClusterView,
+    Conflict,
+    Invalid,
+    MemberView,
+    NodePort,
+    NotFound,
+    PortError,
+    Unavailable,
+)
+
+
+def member(node_id: str, role: str = "follower", **overrides: object) -> MemberView:
+    """A healthy member with plausible numbers; override any field by keyword."""
+    number = int(node_id[1:]) if node_id[1:].isdigit() else 1
+    fields: dict[str, object] = {
+        "id": node_id,
+        "role": role,
+        "api_address": f"127.0.0.1:{8079 + number}",  # the `rota dev` layout
+        "state": "alive",
+        "match_index": 0,
+        "applied_index": 0,
+        "queue_depth": 0,
+        "free_slots": 4,
+    }
+    fields.update(overrides)
+    return MemberView(**fields)  # type: ignore[arg-type]
+
+
+class FakeNodePort:
+    """A ``NodePort`` over an in-memory cluster; the node it models is always in sync."""
+
+    def __init__(self, members: int = 3, *, leader: str | None = "n1", term: int = 3) -> None:
+        assert members >= 1
+        self.term = term
+        self.commit_index = 42
+        self.leader = leader
+        self.ready = leader is not None
+        self.members: dict[str, MemberView] = {}
+        for i in range(1, members + 1):
+            node_id = f"n{i}"
+            role = "leader" if node_id == leader else "follower"
+            self.members[node_id] = member(
+                node_id, role, match_index=self.commit_index, applied_index=self.commit_index
+            )
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+        self.fail_next: PortError | None = None
+
+    # -- reads
+
+    def cluster_view(self) -> ClusterView:
+        members = tuple(self.members[k] for k in sorted(self.members))
+        return ClusterView(self.leader, self.term, self.commit_index, members)
+
+    def is_ready(self) -> bool:
+        return self.ready and self.leader is not None
+
+    # -- writes
+
+    async def transfer_leadership(self, target: str | None) -> str:
+        self._enter("transfer_leadership", target)
+        if self.leader is None:
+            raise Unavailable("no leader to transfer from")
+        voters = [m.id for m in self.members.values() if m.role != "learner"]
+        if target is None:
+            candidates = sorted(v for v in voters if v != self.leader)
+            if not candidates:
+                raise Conflict("no other voter to transfer leadership to")
+            target = candidates[0]
+        elif target not in self.members:
+            raise NotFound(f"no member {target!r}")
+        elif target not in voters:
+            raise Invalid(f"{target!r} is a learner; only voters can lead", field="target")
+        if target != self.leader:
+            self._set_role(self.leader, "follower")
+            self._set_role(target, "leader")
+            self.leader = target
+            self.term += 1
+        await trio.lowlevel.checkpoint()
+        return target
+
+    async def add_member(self, node_id: str, address: str | None) -> ClusterView:
+        self._enter("add_member", node_id, address)
+        if node_id in self.members:
+            raise Conflict(f"{node_id!r} is already a member")
+        self.members[node_id] = member(node_id, "learner", api_address=None)
+        self.commit_index += 1
+        await trio.lowlevel.checkpoint()
+        return self.cluster_view()
+
+    async def remove_member(self, node_id: str) -> ClusterView:
+        self._enter("remove_member", node_id)
+        if node_id not in self.members:
+            raise NotFound(f"no member {node_id!r}")
+        voters = [m.id for m in self.members.values() if m.role != "learner"]
+        if voters == [node_id]:
+            raise Conflict(f"{node_id!r} is the last voter")
+        del self.members[node_id]
+        if node_id == self.leader:
+            self.leader = None
+        self.commit_index += 1
+        await trio.lowlevel.checkpoint()
+        return self.cluster_view()
+
+    async def take_snapshot(self) -> int:
+        self._enter("take_snapshot")
+        await trio.lowlevel.checkpoint()
+        return self.commit_index
+
+    # -- helpers
+
+    def _enter(self, name: str, *args: object) -> None:
+        self.calls.append((name, args))
+        error, self.fail_next = self.fail_next, None
+        if error is not None:
+            raise error
+
+    def _set_role(self, node_id: str, role: str) -> None:
+        self.members[node_id] = dataclasses.replace(self.members[node_id], role=role)  # type: ignore[arg-type]
+
+
+if TYPE_CHECKING:
+
+    def _is_a_node_port(port: FakeNodePort) -> NodePort:
+        return port  # mypy proves the twin satisfies the port
