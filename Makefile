@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m simulations.demo
+	$(BIN)/rota dev --nodes 3 --data-dir data --http-port 8080
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -15,6 +15,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
@@ -176,10 +177,8 @@ class RaftDriver:
 
     def report_unreachable(self, peer: NodeId) -> None:
         """The transport lost its connection to ``peer``: stop pipelining to it."""
-        try:
+        with contextlib.suppress(trio.WouldBlock):  # advisory only
             self._inbox_send.send_nowait(lambda: self.raft.report_unreachable(peer))
-        except trio.WouldBlock:
-            pass  # advisory only
 
     async def _call(self, fn: Callable[[], object]) -> object:
         """Run ``fn`` inside the loop task (between Readies) and return its value."""

@@ -24,7 +24,8 @@ import trio
 from consensus.raft import ConfChangeRefused, NotLeader, ProposalDropped
 from consensus.swim import Member, MemberState
 from consensus.types import ConfChange, ConfChangeOp, NodeId, Role
-from node.driver import Committed, NotCommitted, RaftDriver
+from node.driver import Committed, NotCommitted, Outcome, RaftDriver, Unknown
+from node.transport import TooManyRequests
 from web.port import (
     ClusterView,
     Conflict,
@@ -42,6 +43,7 @@ from web.port import MemberState as GossipState
 log = logging.getLogger("rota.service")
 
 FORWARD_TIMEOUT_S = 10.0
+PROPOSE_TIMEOUT_S = 10.0
 CONF_CHANGE_TIMEOUT_S = 10.0
 TRANSFER_TIMEOUT_S = 5.0
 
@@ -85,6 +87,7 @@ class NodeService:
         self.id = driver.id
         self.api_address = api_address
         self._on_peer_address = on_peer_address
+        rpc.on_request("raft.propose", self._serve_propose)
         rpc.on_request("cluster.transfer", self._remote(self._transfer_local))
         rpc.on_request("cluster.add", self._remote(self._add_local))
         rpc.on_request("cluster.remove", self._remote(self._remove_local))
@@ -137,6 +140,53 @@ class NodeService:
     def is_ready(self) -> bool:
         raft = self.driver.raft
         return raft.leader is not None and raft.applied_index >= raft.commit_index
+
+    # ---------------------------------------------------------------- proposals
+    async def propose(self, data: bytes, timeout_s: float = PROPOSE_TIMEOUT_S) -> Outcome:
+        """Commit ``data`` through the leader, wherever it is; the outcome is honest:
+        ``Unknown`` whenever the command may have been appended but was not seen to
+        commit. Retries only while no leader has accepted it (so never twice)."""
+        deadline = trio.current_time() + timeout_s
+        while True:
+            left = deadline - trio.current_time()
+            if left <= 0:
+                return Unknown("no leader accepted the proposal in time")
+            raft = self.driver.raft
+            if raft.role is Role.LEADER:
+                try:
+                    return await self.driver.propose(data, left)
+                except NotLeader:
+                    pass  # lost leadership before appending: safe to retry elsewhere
+                except ProposalDropped as e:
+                    return NotCommitted(str(e))
+            elif raft.leader is not None:
+                try:
+                    raw = await self.rpc.request(raft.leader, "raft.propose", data, left)
+                except Exception as e:  # not sent, or no answer: it may have been appended
+                    if _never_sent(e):
+                        await trio.sleep(min(0.05, max(left, 0)))
+                        continue
+                    return Unknown(f"forwarding to {raft.leader} failed: {e}")
+                outcome = _decode_outcome(raw)
+                if outcome is not None:
+                    return outcome
+                # The peer was no longer leader and did not append: try again.
+            await self._wait_for_leader(min(left, 0.5))
+
+    async def _wait_for_leader(self, timeout_s: float) -> None:
+        with trio.move_on_after(timeout_s):
+            await self.driver.wait_state_change()
+
+    async def _serve_propose(self, peer: NodeId, data: bytes) -> bytes:
+        if self.driver.raft.role is not Role.LEADER:
+            return _encode_outcome(None)
+        try:
+            outcome: Outcome = await self.driver.propose(data, PROPOSE_TIMEOUT_S)
+        except NotLeader:
+            return _encode_outcome(None)
+        except ProposalDropped as e:
+            outcome = NotCommitted(str(e))
+        return _encode_outcome(outcome)
 
     # ------------------------------------------------------------ leader calls
     async def transfer_leadership(self, target: str | None) -> str:
@@ -285,3 +335,40 @@ def _error_from_wire(reply: dict[str, Any]) -> PortError:
         return Unavailable(f"leadership is changing: {detail}")
     cls = _WIRE_ERRORS.get(str(kind), Unavailable)
     return cls(detail)
+
+
+def _never_sent(e: Exception) -> bool:
+    """Transport errors that prove the request never left this node. A lost
+    connection does not: the leader may have appended the command before it broke."""
+    return isinstance(e, TooManyRequests)
+
+
+def _encode_outcome(outcome: Outcome | None) -> bytes:
+    """``None`` means "not the leader, nothing appended" (the caller may retry)."""
+    match outcome:
+        case None:
+            body: list[object] = ["retry"]
+        case Committed(index, result):
+            body = ["committed", index, result.hex()]
+        case NotCommitted(reason):
+            body = ["not_committed", reason]
+        case Unknown(reason):
+            body = ["unknown", reason]
+    return json.dumps(body).encode()
+
+
+def _decode_outcome(raw: bytes) -> Outcome | None:
+    try:
+        body = json.loads(raw)
+        match body:
+            case ["retry"]:
+                return None
+            case ["committed", int(index), str(result)]:
+                return Committed(index, bytes.fromhex(result))
+            case ["not_committed", str(reason)]:
+                return NotCommitted(reason)
+            case ["unknown", str(reason)]:
+                return Unknown(reason)
+    except ValueError:
+        pass
+    return Unknown("the leader's answer could not be read")

@@ -143,3 +143,53 @@ async def test_snapshot_compacts_and_lagging_follower_catches_up(
             await trio.sleep(0.1)
         assert c.sms[lagger].applied >= index
         nursery.cancel_scope.cancel()
+
+
+class MemoryRpc:
+    """In-memory request/response between NodeServices, with a switch to cut a node."""
+
+    def __init__(self, node: str, hub: dict[str, MemoryRpc], down: set[str]) -> None:
+        self.node, self.hub, self.down = node, hub, down
+        self.handlers: dict[str, Callable[[str, bytes], Any]] = {}
+        hub[node] = self
+
+    def on_request(self, method: str, handler: Callable[[str, bytes], Any]) -> None:
+        self.handlers[method] = handler
+
+    async def request(self, peer: str, method: str, body: bytes, timeout_s: float) -> bytes:
+        if peer in self.down or self.node in self.down:
+            await trio.sleep(timeout_s)
+            raise TimeoutError("no answer")
+        result: bytes = await self.hub[peer].handlers[method](self.node, body)
+        return result
+
+
+class NoGossip:
+    def members(self) -> list[Any]:
+        return []
+
+
+async def test_followers_forward_proposals_to_the_leader(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from node.service import NodeService
+
+    c = Cluster(["a", "b", "c"])
+    hub: dict[str, MemoryRpc] = {}
+    services = {
+        i: NodeService(d, NoGossip(), MemoryRpc(i, hub, c.down), f"{i}:1", lambda n, a: None)
+        for i, d in c.drivers.items()
+    }
+    async with trio.open_nursery() as nursery:
+        for d in c.drivers.values():
+            await nursery.start(d.run)
+        leader = await c.wait_leader()
+        follower = next(i for i in c.drivers if i != leader)
+        outcome = await services[follower].propose(b"via-follower", timeout_s=5.0)
+        assert isinstance(outcome, Committed)
+        assert outcome.result == b"ok:via-follower"
+        # A leader that cannot be reached gives Unknown, never a false failure.
+        c.down.add(leader)
+        outcome = await services[follower].propose(b"maybe", timeout_s=1.0)
+        assert isinstance(outcome, Unknown)
+        nursery.cancel_scope.cancel()
