@@ -30,7 +30,9 @@ class RaftLog:
             f"commit {self.committed} beyond the stored log {storage.last_index()}"
         )
         self.applied = max(applied, first - 1)
-        assert self.applied <= self.committed, f"applied {applied} > committed {self.committed}"
+        assert self.applied <= storage.last_index(), f"applied {applied} beyond the log"
+        # Applied entries were committed, even if the commit index was not synced.
+        self.committed = max(self.committed, self.applied)
         self.max_apply_bytes = max_apply_bytes
 
     # ------------------------------------------------------------------ reads

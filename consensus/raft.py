@@ -55,7 +55,7 @@ from consensus.types import (
     Snapshot,
     SoftState,
     TimeoutNow,
-    decode_conf_change,
+    decode_conf_entry,
     encode_conf_change,
 )
 
@@ -155,8 +155,9 @@ class Raft:
         self.leader: NodeId | None = None
         self.role = Role.FOLLOWER
         # Configuration history: (index, conf) pairs, oldest first; the last one rules.
-        self._confs: list[tuple[int, ConfState]] = [(storage.first_index() - 1, snap_conf)]
-        self._scan_confs(storage.first_index(), storage.last_index())
+        snap_index = storage.snapshot().meta.index
+        self._confs: list[tuple[int, ConfState]] = [(snap_index, snap_conf)]
+        self._scan_confs(max(snap_index + 1, storage.first_index()), storage.last_index())
         self.progress: dict[NodeId, Progress] = {}
         self.votes: dict[NodeId, bool] = {}
         self.election_elapsed = 0
@@ -522,17 +523,21 @@ class Raft:
         self.log.append(entries)
         while len(self._confs) > 1 and self._confs[-1][0] >= first:
             self._confs.pop()
+        self._record_confs(entries)
+
+    def _record_confs(self, entries: list[Entry]) -> None:
         for e in entries:
             if e.type is EntryType.CONF_CHANGE:
-                self._confs.append((e.index, self.conf().apply(decode_conf_change(e.data))))
+                cc, result = decode_conf_entry(e.data)
+                self._confs.append(
+                    (e.index, result if result is not None else self.conf().apply(cc))
+                )
 
     def _scan_confs(self, lo: int, hi: int) -> None:
         batch = 1024
         while lo <= hi:
             chunk = self.log.slice(lo, min(hi + 1, lo + batch))
-            for e in chunk:
-                if e.type is EntryType.CONF_CHANGE:
-                    self._confs.append((e.index, self.conf().apply(decode_conf_change(e.data))))
+            self._record_confs(chunk)
             lo += len(chunk)
 
     # ===================================================== follower: snapshots
@@ -558,7 +563,8 @@ class Raft:
         self._send(
             InstallSnapshotResponse(self.term, self.id, m.src, meta.index, len(complete.data), True)
         )
-        self._send(AppendEntriesResponse(self.term, self.id, m.src, self.log.last_index()))
+        # Our log is known to match only up to the snapshot: claim no more than that.
+        self._send(AppendEntriesResponse(self.term, self.id, m.src, meta.index))
 
     def _install_snapshot(self, snap: Snapshot) -> None:
         meta = snap.meta
@@ -635,14 +641,18 @@ class Raft:
                     pr.become_probe()
                 self._send_append(m.src)
             return
-        if not pr.maybe_update(m.index):
-            return
+        if not pr.maybe_update(m.index) and not (
+            pr.match == m.index and pr.state is ProgressState.PROBE
+        ):
+            return  # a stale or duplicate acknowledgement
         if pr.state is ProgressState.PROBE:
             pr.become_replicate()
         elif pr.state is ProgressState.SNAPSHOT and pr.match >= self._snapshot_index(pr):
             pr.become_probe()
         pr.inflights.free_le(m.index)
         if self._maybe_commit():
+            if self.role is not Role.LEADER:
+                return  # our own removal committed and we stepped down
             self._bcast_append()
         while self._send_append(m.src, send_if_empty=False):
             pass
@@ -690,6 +700,9 @@ class Raft:
             return
         if m.next_offset > t.acked:
             t.acked, t.stalled_heartbeats, t.rewound_to = m.next_offset, 0, -1
+        elif m.next_offset < t.acked:
+            t.acked = m.next_offset  # the follower lost what it had (it restarted)
+            t.rewind(m.next_offset)
         elif m.next_offset < t.sent and m.next_offset != t.rewound_to:
             t.rewind(m.next_offset)  # the follower missed a chunk: resend from there once
         self._send_snapshot_chunks(m.src, pr)
@@ -775,7 +788,7 @@ class Raft:
                 raise ConfChangeRefused(f"{cc.node} is not a member")
             case ConfChangeOp.REMOVE if conf.voters == {cc.node}:
                 raise ConfChangeRefused("cannot remove the last voter")
-        return self._propose(EntryType.CONF_CHANGE, encode_conf_change(cc))
+        return self._propose(EntryType.CONF_CHANGE, encode_conf_change(cc, conf.apply(cc)))
 
     def transfer_leadership(self, target: NodeId) -> None:
         if self.role is not Role.LEADER:

@@ -13,6 +13,7 @@ Rules:
 from __future__ import annotations
 
 import enum
+import json
 import zlib
 from dataclasses import dataclass, field
 
@@ -62,13 +63,36 @@ class ConfChange:
     node: NodeId
 
 
-def encode_conf_change(cc: ConfChange) -> bytes:
-    return f"{int(cc.op)}:{cc.node}".encode()
+def encode_conf_change(cc: ConfChange, result: ConfState | None = None) -> bytes:
+    """A configuration-change entry's payload. The leader always includes the full
+    configuration the change produces, so a node that starts blank (or from any
+    configuration) learns the exact membership from the entry itself."""
+    if result is None:
+        return f"{int(cc.op)}:{cc.node}".encode()
+    return json.dumps(
+        {
+            "op": int(cc.op),
+            "node": cc.node,
+            "voters": sorted(result.voters),
+            "learners": sorted(result.learners),
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_conf_entry(data: bytes) -> tuple[ConfChange, ConfState | None]:
+    """The change and, when the entry carries it, the configuration it produces."""
+    if data.startswith(b"{"):
+        obj = json.loads(data)
+        cc = ConfChange(ConfChangeOp(int(obj["op"])), str(obj["node"]))
+        conf = ConfState(frozenset(obj["voters"]), frozenset(obj["learners"]))
+        return cc, conf
+    op, _, node = data.decode().partition(":")
+    return ConfChange(ConfChangeOp(int(op)), node), None
 
 
 def decode_conf_change(data: bytes) -> ConfChange:
-    op, _, node = data.decode().partition(":")
-    return ConfChange(ConfChangeOp(int(op)), node)
+    return decode_conf_entry(data)[0]
 
 
 @dataclass(frozen=True, slots=True)
