@@ -215,7 +215,7 @@ class MemoryStorage:
     # ----------------------------------------------------------------- crash
     def crashed(self) -> MemoryStorage:
         """A storage as a restarted process would find it: only synced writes."""
-        fresh = MemoryStorage.__new__(MemoryStorage)
+        fresh = type(self).__new__(type(self))
         fresh._work = self._durable.copy()
         fresh._durable = self._durable.copy()
         fresh.syncs = 0
