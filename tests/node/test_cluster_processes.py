@@ -179,3 +179,29 @@ def test_late_node_joins_as_learner_and_is_promoted_when_a_voter_goes(
         assert resp.status == 200
     wait_for(lambda: role_of(n4) == "follower", 20, f"{n4} to be promoted to voter")
     assert role_of(victim) is None
+
+
+def test_garbage_on_peer_and_gossip_ports_leaves_the_node_serving(
+    cluster3: LocalCluster,
+) -> None:
+    c = cluster3
+    leader = c.wait_leader()
+    term = int(view(c, leader)["term"])  # type: ignore[call-overload]
+    node = c.nodes[leader]
+    rng = random.Random(7)
+    payloads = [
+        b"",
+        b"\xff\xff\xff\xff" + b"x" * 64,  # a 4 GiB length prefix
+        b"\x00\x00\x00\x10\x93",  # truncated frame
+        *(rng.randbytes(rng.randrange(1, 512)) for _ in range(40)),
+    ]
+    for data in payloads:
+        with socket.create_connection(("127.0.0.1", node.raft_port), timeout=2) as s:
+            s.sendall(data)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.sendto(data or b"\x00", ("127.0.0.1", node.gossip_port))
+    time.sleep(1.0)
+    assert node.alive()
+    assert view(c, leader)["leader"] == leader
+    assert int(view(c, leader)["term"]) == term  # type: ignore[call-overload]
+    assert leaders_seen(c) == {leader}
