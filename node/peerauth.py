@@ -112,11 +112,11 @@ class HmacAuthenticator:
         if not is_node_id(node_id):
             raise ValueError(f"not a node id: {node_id!r}")
 
-    def client_mac(self, server_nonce: bytes, client_nonce: bytes, client_id: NodeId) -> bytes:
+    def _client_mac(self, server_nonce: bytes, client_nonce: bytes, client_id: NodeId) -> bytes:
         msg = HANDSHAKE_LABEL + b"client" + server_nonce + client_nonce + client_id.encode()
         return hmac.digest(self._key, msg, hashlib.sha256)
 
-    def server_mac(
+    def _server_mac(
         self, client_nonce: bytes, server_nonce: bytes, client_id: NodeId, server_id: NodeId
     ) -> bytes:
         ids = client_id.encode() + b"\x00" + server_id.encode()
@@ -132,11 +132,11 @@ class HmacAuthenticator:
         client_id = _node_id(hello[1])
         client_nonce = _blob(hello[2], NONCE_BYTES, "client nonce")
         mac = _blob(hello[3], MAC_BYTES, "client MAC")
-        if not hmac.compare_digest(mac, self.client_mac(server_nonce, client_nonce, client_id)):
+        if not hmac.compare_digest(mac, self._client_mac(server_nonce, client_nonce, client_id)):
             raise AuthenticationFailed(f"wrong cluster key (peer claims {client_id!r})")
         if client_id == local_id:
             raise AuthenticationFailed("peer claims this node's own id")
-        proof = self.server_mac(client_nonce, server_nonce, client_id, local_id)
+        proof = self._server_mac(client_nonce, server_nonce, client_id, local_id)
         await send_message(stream, [_ACCEPT, local_id, proof])
         return stream, client_id
 
@@ -148,7 +148,7 @@ class HmacAuthenticator:
             raise AuthenticationFailed(f"handshake version {challenge[1]!r} not supported")
         server_nonce = _blob(challenge[2], NONCE_BYTES, "server nonce")
         client_nonce = secrets.token_bytes(NONCE_BYTES)
-        mac = self.client_mac(server_nonce, client_nonce, local_id)
+        mac = self._client_mac(server_nonce, client_nonce, local_id)
         await send_message(stream, [_HELLO, local_id, client_nonce, mac])
         accept = _expect(await receive_message(stream), _ACCEPT, 3, "an accept")
         server_id = _node_id(accept[1])
@@ -156,7 +156,7 @@ class HmacAuthenticator:
             raise AuthenticationFailed(f"peer is {server_id!r}, expected {peer_id!r}")
         proof = _blob(accept[2], MAC_BYTES, "server MAC")
         if not hmac.compare_digest(
-            proof, self.server_mac(client_nonce, server_nonce, local_id, peer_id)
+            proof, self._server_mac(client_nonce, server_nonce, local_id, peer_id)
         ):
             raise AuthenticationFailed("peer does not hold the cluster key")
         return stream

@@ -11,7 +11,8 @@ per connection, and RPC responses ride back on the connection of their request::
 A frame arriving in the wrong direction is a protocol error. Answering on the
 request's own connection means a node can answer a peer whose address it does
 not know, and a request whose connection dies fails at once instead of waiting
-for its timeout.
+for its timeout. The parts that only move bytes (limits, counters, the send queue,
+a connection's reader and writer) are in ``node/peerconn.py``.
 
 Rules:
 - Every connection authenticates (``node/peerauth.py``) within
@@ -21,8 +22,12 @@ Rules:
   the same peer replaces the older one (the peer restarted or reconnected).
 - ``send`` never blocks. The caller's frame is encoded at once and queued on the
   peer's send queue, bounded in frames and bytes; when full the frame is dropped
-  and counted (Raft tolerates loss). A writer drains the queue into one
+  and counted (Raft tolerates loss). Frames queued while the peer is unreachable
+  wait there and go out once it is connected. A writer drains the queue into one
   ``send_all`` per wakeup, up to ``write_batch_bytes_max``.
+- A dead peer is noticed by EOF/reset, by a write stalled beyond
+  ``write_timeout_s``, or by a failed redial; there is no idle heartbeat of our own
+  (Raft's heartbeats keep busy links honest).
 - Anything a peer does wrong (failed authentication, handshake timeout, a bad
   length prefix, a malformed or misdirected frame, a stalled write) closes that
   connection only, is counted, and is logged at warning without secrets. The
@@ -31,7 +36,8 @@ Rules:
   request handler (other than ``RemoteError``) propagates and stops ``serve()``.
 - Everything is bounded (``TransportLimits``): frame size, queue frames and bytes,
   write batch, inbound connections, outstanding requests, requests served at once
-  per connection, connect/handshake/write time, and reconnect backoff.
+  per connection, connect/handshake/write time, reconnect backoff, and log lines
+  per second (a flood of bad connections must not flood the log).
 
 Exceptions raised by ``request``::
 
@@ -48,7 +54,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections import deque
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -57,26 +63,67 @@ import trio
 
 from consensus.types import NodeId
 from node.peerauth import AuthenticationFailed, Authenticator
-from node.wire import (
-    MAX_FRAME_BYTES_DEFAULT,
-    MAX_FRAME_BYTES_LIMIT,
-    Frame,
-    FrameDecoder,
-    RaftFrame,
-    Request,
-    Response,
-    WireError,
-    encode_frame,
+from node.peerconn import (
+    IO_ERRORS,
+    Connection,
+    Ended,
+    PeerCounters,
+    SendQueue,
+    TransportLimits,
 )
+from node.wire import Frame, RaftFrame, Request, Response, WireError, encode_frame
+from web.port import is_node_id
+
+__all__ = [
+    "Handler",
+    "PeerCounters",
+    "PeerStatistics",
+    "PeerTransport",
+    "PeerUnavailable",
+    "RemoteError",
+    "RequestTimeout",
+    "TooManyRequests",
+    "TransportError",
+    "TransportLimits",
+    "TransportStatistics",
+    "backoff_delay_s",
+]
 
 log = logging.getLogger("rota.transport")
 
-RECEIVE_CHUNK_BYTES = 64 << 10
 ERROR_TEXT_BYTES_MAX = 1024  # of a RemoteError's message on the wire
 
 Handler = Callable[[NodeId, bytes], Awaitable[bytes]]
 Address = tuple[str, int]
-_IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+class _LogBudget:
+    """At most ``per_s`` log lines a second, in bursts of up to twice that.
+
+    A hostile or broken peer must not flood the log: lines over the budget are
+    dropped and counted, and the next line that passes says how many were."""
+
+    def __init__(self, per_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_s, self.burst, self.clock = per_s, max(1.0, 2 * per_s), clock
+        self.tokens, self.last_s = self.burst, clock()
+        self.suppressed = 0  # since the last line that passed
+        self.suppressed_total = 0
+
+    def __call__(self, level: int, msg: str, *args: object) -> None:
+        if not log.isEnabledFor(level):
+            return  # a line nobody reads costs no budget
+        now_s = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now_s - self.last_s) * self.per_s)
+        self.last_s = now_s
+        if self.tokens < 1:
+            self.suppressed += 1
+            self.suppressed_total += 1
+            return
+        self.tokens -= 1
+        if self.suppressed:
+            msg, args = msg + " (%d similar lines suppressed)", (*args, self.suppressed)
+            self.suppressed = 0
+        log.log(level, msg, *args)
 
 
 class TransportError(Exception):
@@ -99,43 +146,6 @@ class RemoteError(TransportError):
     """The peer's handler failed; handlers raise it to answer with an error text."""
 
 
-@dataclass(frozen=True, slots=True)
-class TransportLimits:
-    """Every bound of the transport, with its unit in its name."""
-
-    max_frame_bytes: int = MAX_FRAME_BYTES_DEFAULT
-    send_queue_frames_max: int = 4096
-    send_queue_bytes_max: int = 64 << 20
-    write_batch_bytes_max: int = 1 << 20
-    inbound_connections_max: int = 256
-    requests_outstanding_max: int = 1024
-    requests_serving_max: int = 64  # per inbound connection
-    connect_timeout_s: float = 5.0
-    handshake_timeout_s: float = 5.0
-    write_timeout_s: float = 10.0
-    backoff_initial_s: float = 0.05
-    backoff_max_s: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not 64 <= self.max_frame_bytes <= MAX_FRAME_BYTES_LIMIT:
-            raise ValueError(f"max_frame_bytes: must be in [64, {MAX_FRAME_BYTES_LIMIT}]")
-        for name in (
-            "send_queue_frames_max",
-            "send_queue_bytes_max",
-            "write_batch_bytes_max",
-            "inbound_connections_max",
-            "requests_outstanding_max",
-            "requests_serving_max",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be at least 1")
-        for name in ("connect_timeout_s", "handshake_timeout_s", "write_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: must be positive")
-        if not 0 < self.backoff_initial_s <= self.backoff_max_s:
-            raise ValueError("backoff: need 0 < backoff_initial_s <= backoff_max_s")
-
-
 def backoff_delay_s(attempt: int, rng: random.Random, initial_s: float, max_s: float) -> float:
     """Delay before reconnect ``attempt`` (0-based): exponential, capped, "equal jitter".
 
@@ -143,20 +153,6 @@ def backoff_delay_s(attempt: int, rng: random.Random, initial_s: float, max_s: f
     the same moment spread their reconnects but never hammer it with zero waits."""
     nominal = min(max_s, initial_s * 2 ** min(attempt, 32))
     return rng.uniform(nominal / 2, nominal)
-
-
-@dataclass(slots=True)
-class PeerCounters:
-    """Monotonic counts for one peer (a statistics snapshot holds a copy)."""
-
-    frames_sent: int = 0
-    frames_received: int = 0
-    frames_dropped: int = 0  # queue full, unencodable, or lost with a failed write
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    connects: int = 0  # outbound connections established
-    connect_failures: int = 0  # outbound attempts refused, timed out or not authenticated
-    disconnects: int = 0  # established outbound connections that ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,43 +175,11 @@ class TransportStatistics:
     handshakes: int  # inbound connections still authenticating
     auth_failures: int
     handshake_timeouts: int
-    protocol_errors: int  # malformed or misdirected frames
+    protocol_errors: int  # malformed or misdirected frames, stalled writes
     inbound_refused: int  # over inbound_connections_max
     frames_dropped_unknown_peer: int
     requests_outstanding: int
-
-
-class _SendQueue:
-    """Encoded frames waiting for a connection, bounded in frames and bytes."""
-
-    def __init__(self, frames_max: int, bytes_max: int) -> None:
-        self.frames_max, self.bytes_max = frames_max, bytes_max
-        self.items: deque[tuple[bytes, int]] = deque()  # (frame bytes, request id or 0)
-        self.bytes = 0
-        self._nonempty = trio.Event()
-
-    def put(self, data: bytes, req_id: int = 0) -> bool:
-        if len(self.items) >= self.frames_max or self.bytes + len(data) > self.bytes_max:
-            return False
-        self.items.append((data, req_id))
-        self.bytes += len(data)
-        self._nonempty.set()
-        return True
-
-    async def take_batch(self, bytes_max: int) -> list[tuple[bytes, int]]:
-        """At least one item (waiting for it), then more while under ``bytes_max``."""
-        while not self.items:
-            if self._nonempty.is_set():
-                self._nonempty = trio.Event()
-            await self._nonempty.wait()
-        batch: list[tuple[bytes, int]] = []
-        size = 0
-        while self.items and (not batch or size + len(self.items[0][0]) <= bytes_max):
-            item = self.items.popleft()
-            batch.append(item)
-            size += len(item[0])
-        self.bytes -= size
-        return batch
+    log_lines_suppressed: int  # over log_lines_per_s_max
 
 
 @dataclass(eq=False, slots=True)
@@ -224,32 +188,18 @@ class _Link:
 
     peer: NodeId
     address: Address
-    queue: _SendQueue
+    queue: SendQueue
+    counters: PeerCounters
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     attempt_scope: trio.CancelScope | None = None  # cancelled when the address changes
     connected: bool = False
 
 
 @dataclass(eq=False, slots=True)
-class _Conn:
-    """One authenticated connection, in either direction."""
-
-    peer: NodeId
-    outbound: bool
-    stream: trio.abc.Stream
-    queue: _SendQueue
-    where: str
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    nursery: trio.Nursery | None = None
-    sent_requests: set[int] = field(default_factory=set)
-    serving: int = 0
-
-
-@dataclass(eq=False, slots=True)
 class _Pending:
     peer: NodeId
     done: trio.Event = field(default_factory=trio.Event)
-    conn: _Conn | None = None
+    conn: Connection | None = None
     response: Response | None = None
     error: str | None = None
 
@@ -280,7 +230,7 @@ class PeerTransport:
         self._rng = rng or random.Random()
         self._nursery: trio.Nursery | None = None
         self._links: dict[NodeId, _Link] = {}
-        self._inbound: dict[NodeId, _Conn] = {}
+        self._inbound: dict[NodeId, Connection] = {}
         self._counters: dict[NodeId, PeerCounters] = {}
         self._handlers: dict[str, Handler] = {}
         self._pending: dict[int, _Pending] = {}
@@ -291,6 +241,7 @@ class PeerTransport:
         self._protocol_errors = 0
         self._inbound_refused = 0
         self._dropped_unknown = 0
+        self._log = _LogBudget(limits.log_lines_per_s_max)
 
     # ------------------------------------------------------------------ public API
 
@@ -317,22 +268,28 @@ class PeerTransport:
                 self._fail(pending, "the transport stopped")
 
     def set_peers(self, peers: Mapping[NodeId, Address]) -> None:
-        """Replace the peer set: dial new peers, forget removed ones, redial moved ones."""
+        """Replace the peer set: dial new peers, forget removed ones, redial moved ones.
+
+        The local node is skipped if listed. A bad entry raises ``ValueError`` and
+        changes nothing."""
+        for peer, (host, port) in peers.items():
+            if not is_node_id(peer) or not isinstance(host, str) or not host:
+                raise ValueError(f"peer {peer!r}: bad id or host {host!r}")
+            if type(port) is not int or not 0 < port < 65536:
+                raise ValueError(f"peer {peer!r}: bad port {port!r}")
         for peer in list(self._links):
             if peer not in peers:
                 self._remove_link(peer)
         for peer, (host, port) in peers.items():
             if peer == self.node_id:
                 continue
-            if not isinstance(host, str) or not host or not 0 < port < 65536:
-                raise ValueError(f"peer {peer!r}: bad address {host!r}:{port!r}")
             link = self._links.get(peer)
             if link is None:
-                queue = _SendQueue(
+                queue = SendQueue(
                     self._limits.send_queue_frames_max, self._limits.send_queue_bytes_max
                 )
-                link = self._links[peer] = _Link(peer, (host, port), queue)
-                self._counters.setdefault(peer, PeerCounters())
+                counters = self._counters.setdefault(peer, PeerCounters())
+                link = self._links[peer] = _Link(peer, (host, port), queue, counters)
                 if self._nursery is not None:
                     self._start_link(link)
             elif link.address != (host, port):
@@ -347,15 +304,14 @@ class PeerTransport:
         if link is None:
             self._dropped_unknown += 1
             return False
-        counters = self._counters[peer]
         try:
             data = encode_frame(frame, self._limits.max_frame_bytes)
         except WireError as e:
-            counters.frames_dropped += 1
-            log.error("%s: cannot send a frame to %s: %s", self.node_id, peer, e)
+            link.counters.frames_dropped += 1
+            self._log(logging.ERROR, "%s: cannot send a frame to %s: %s", self.node_id, peer, e)
             return False
         if not link.queue.put(data):
-            counters.frames_dropped += 1
+            link.counters.frames_dropped += 1
             return False
         return True
 
@@ -381,7 +337,7 @@ class PeerTransport:
         pending = self._pending[req_id] = _Pending(peer)
         try:
             if not link.queue.put(data, req_id):
-                self._counters[peer].frames_dropped += 1
+                link.counters.frames_dropped += 1
                 raise PeerUnavailable(f"send queue to {peer} is full")
             with trio.move_on_after(timeout_s):
                 await pending.done.wait()
@@ -398,6 +354,7 @@ class PeerTransport:
                 pending.conn.sent_requests.discard(req_id)
 
     def statistics(self) -> TransportStatistics:
+        """A snapshot: later traffic does not change it."""
         peers = {}
         for peer, counters in self._counters.items():
             link = self._links.get(peer)
@@ -422,6 +379,7 @@ class PeerTransport:
             inbound_refused=self._inbound_refused,
             frames_dropped_unknown_peer=self._dropped_unknown,
             requests_outstanding=len(self._pending),
+            log_lines_suppressed=self._log.suppressed_total,
         )
 
     # ------------------------------------------------------------- outbound links
@@ -434,7 +392,7 @@ class PeerTransport:
     def _remove_link(self, peer: NodeId) -> None:
         link = self._links.pop(peer)
         link.scope.cancel()
-        self._counters[peer].frames_dropped += len(link.queue.items)
+        link.counters.frames_dropped += len(link.queue.items)
         for pending in self._pending.values():
             if pending.peer == peer:
                 self._fail(pending, f"peer {peer} was removed")
@@ -463,7 +421,7 @@ class PeerTransport:
 
     async def _dial(self, link: _Link) -> float | None:
         """One connection to the peer; how long it was up (None if it never came up)."""
-        counters = self._counters[link.peer]
+        counters = link.counters
         where = f"{link.peer} at {link.address[0]}:{link.address[1]}"
         try:
             with trio.fail_after(self._limits.connect_timeout_s):
@@ -479,20 +437,22 @@ class PeerTransport:
                 counters.connect_failures += 1
                 return None
             stream = result[0]
-            conn = _Conn(link.peer, True, stream, link.queue, where)
+            conn = Connection(link.peer, True, stream, link.queue, counters, where, self._limits)
             link.connected = True
             counters.connects += 1
-            log.info("%s: connected to %s", self.node_id, where)
+            self._log(logging.INFO, "%s: connected to %s", self.node_id, where)
             up_since = trio.current_time()
             try:
-                reason = await self._run_connection(conn)
+                ended = await self._run(conn)
             finally:
                 link.connected = False
                 counters.disconnects += 1
                 for req_id in conn.sent_requests:
                     if (pending := self._pending.get(req_id)) is not None:
                         self._fail(pending, f"connection to {link.peer} lost")
-            log.info("%s: connection to %s ended: %s", self.node_id, where, reason)
+            self._log(
+                logging.INFO, "%s: connection to %s ended: %s", self.node_id, where, ended.reason
+            )
             if self._on_peer_down is not None:
                 self._on_peer_down(link.peer)
             return trio.current_time() - up_since
@@ -507,7 +467,12 @@ class PeerTransport:
         where = _remote(raw)
         if self._handshakes + len(self._inbound) >= self._limits.inbound_connections_max:
             self._inbound_refused += 1
-            log.warning("%s: refusing %s: too many inbound connections", self.node_id, where)
+            self._log(
+                logging.WARNING,
+                "%s: refusing %s: too many inbound connections",
+                self.node_id,
+                where,
+            )
             return
         self._handshakes += 1
         try:
@@ -518,16 +483,18 @@ class PeerTransport:
             return
         stream, peer = result
         limits = self._limits
-        responses = _SendQueue(2 * limits.requests_serving_max, limits.send_queue_bytes_max)
-        conn = _Conn(peer, False, stream, responses, f"{peer} from {where}")
-        self._counters.setdefault(peer, PeerCounters())
+        responses = SendQueue(2 * limits.requests_serving_max, limits.send_queue_bytes_max)
+        counters = self._counters.setdefault(peer, PeerCounters())
+        conn = Connection(peer, False, stream, responses, counters, f"{peer} from {where}", limits)
         if (old := self._inbound.get(peer)) is not None:
             old.scope.cancel()  # the peer reconnected: its old connection is stale
         self._inbound[peer] = conn
         try:
             with conn.scope:
-                reason = await self._run_connection(conn)
-                log.info("%s: inbound connection %s ended: %s", self.node_id, conn.where, reason)
+                ended = await self._run(conn)
+                self._log(
+                    logging.INFO, "%s: inbound %s ended: %s", self.node_id, conn.where, ended.reason
+                )
         finally:
             if self._inbound.get(peer) is conn:
                 del self._inbound[peer]
@@ -546,56 +513,33 @@ class PeerTransport:
                 return await self._auth.connect(raw, self.node_id, peer), peer
         except AuthenticationFailed as e:
             self._auth_failures += 1
-            log.warning("%s: %s: authentication failed: %s", self.node_id, where, e)
+            self._log(logging.WARNING, "%s: %s: authentication failed: %s", self.node_id, where, e)
         except trio.TooSlowError:
             self._handshake_timeouts += 1
-            log.warning("%s: %s: handshake timed out", self.node_id, where)
-        except _IO_ERRORS as e:
-            log.info("%s: %s: connection lost during handshake: %r", self.node_id, where, e)
+            self._log(logging.WARNING, "%s: %s: handshake timed out", self.node_id, where)
+        except IO_ERRORS as e:
+            self._log(
+                logging.INFO, "%s: %s: connection lost during handshake: %r", self.node_id, where, e
+            )
         return None
 
     # ------------------------------------------------------------------ connections
 
-    async def _run_connection(self, conn: _Conn) -> str:
-        """Read and write ``conn`` until either side ends; why it ended."""
-        reasons: list[str] = []
-        async with trio.open_nursery() as nursery:
-            conn.nursery = nursery
+    async def _run(self, conn: Connection) -> Ended:
+        """Run ``conn`` to its end; count and log a protocol error."""
+        ended = await conn.run(self._dispatch, self._note_sent)
+        if ended.protocol_error:
+            self._protocol_errors += 1
+            self._log(
+                logging.WARNING,
+                "%s: %s: %s; connection closed",
+                self.node_id,
+                conn.where,
+                ended.reason,
+            )
+        return ended
 
-            async def until_done(loop: Callable[[_Conn], Awaitable[str]]) -> None:
-                reasons.append(await loop(conn))
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(until_done, self._read_loop)
-            nursery.start_soon(until_done, self._write_loop)
-        return reasons[0]
-
-    async def _read_loop(self, conn: _Conn) -> str:
-        decoder = FrameDecoder(self._limits.max_frame_bytes)
-        counters = self._counters[conn.peer]
-        while True:
-            try:
-                data = await conn.stream.receive_some(RECEIVE_CHUNK_BYTES)
-            except _IO_ERRORS as e:
-                return f"receive failed: {e!r}"
-            if not data:
-                return "closed by the peer"
-            counters.bytes_received += len(data)
-            decoder.feed(data)
-            try:
-                while (frame := decoder.next_frame()) is not None:
-                    counters.frames_received += 1
-                    if (problem := self._dispatch(conn, frame)) is not None:
-                        return self._protocol_error(conn, problem)
-            except WireError as e:
-                return self._protocol_error(conn, f"malformed frame: {e}")
-
-    def _protocol_error(self, conn: _Conn, problem: str) -> str:
-        self._protocol_errors += 1
-        log.warning("%s: %s: %s; closing the connection", self.node_id, conn.where, problem)
-        return problem
-
-    def _dispatch(self, conn: _Conn, frame: Frame) -> str | None:
+    def _dispatch(self, conn: Connection, frame: Frame) -> str | None:
         """Act on one inbound frame; a protocol problem's description, or None."""
         match frame:
             case RaftFrame() if not conn.outbound:
@@ -613,30 +557,16 @@ class PeerTransport:
                 return f"{type(frame).__name__} frame on an {direction} connection"
         return None
 
-    async def _write_loop(self, conn: _Conn) -> str:
-        counters = self._counters[conn.peer]
-        while True:
-            batch = await conn.queue.take_batch(self._limits.write_batch_bytes_max)
-            for _, req_id in batch:
-                if req_id and (pending := self._pending.get(req_id)) is not None:
-                    pending.conn = conn
-                    conn.sent_requests.add(req_id)
-            data = b"".join(item for item, _ in batch)
-            try:
-                with trio.fail_after(self._limits.write_timeout_s):
-                    await conn.stream.send_all(data)
-            except trio.TooSlowError:
-                counters.frames_dropped += len(batch)
-                return self._protocol_error(conn, "write stalled")
-            except _IO_ERRORS as e:
-                counters.frames_dropped += len(batch)
-                return f"send failed: {e!r}"
-            counters.frames_sent += len(batch)
-            counters.bytes_sent += len(data)
+    def _note_sent(self, conn: Connection, req_ids: list[int]) -> None:
+        """Requests about to be written on ``conn`` fail at once if it is lost."""
+        for req_id in req_ids:
+            if (pending := self._pending.get(req_id)) is not None:
+                pending.conn = conn
+                conn.sent_requests.add(req_id)
 
     # --------------------------------------------------------------- serving RPCs
 
-    def _start_request(self, conn: _Conn, req: Request) -> None:
+    def _start_request(self, conn: Connection, req: Request) -> None:
         handler = self._handlers.get(req.method)
         if handler is None:
             self._respond(
@@ -649,7 +579,7 @@ class PeerTransport:
             conn.serving += 1
             conn.nursery.start_soon(self._serve_request, conn, handler, req)
 
-    async def _serve_request(self, conn: _Conn, handler: Handler, req: Request) -> None:
+    async def _serve_request(self, conn: Connection, handler: Handler, req: Request) -> None:
         try:
             body = await handler(conn.peer, req.body)
             assert isinstance(body, bytes), f"handler of {req.method} returned {type(body)}"
@@ -660,14 +590,14 @@ class PeerTransport:
             conn.serving -= 1
         self._respond(conn, response)
 
-    def _respond(self, conn: _Conn, response: Response) -> None:
+    def _respond(self, conn: Connection, response: Response) -> None:
         try:
             data = encode_frame(response, self._limits.max_frame_bytes)
         except WireError:
             error = Response(response.req_id, False, b"response larger than max_frame_bytes")
             data = encode_frame(error, self._limits.max_frame_bytes)
         if not conn.queue.put(data):
-            self._counters[conn.peer].frames_dropped += 1
+            conn.counters.frames_dropped += 1
 
     def _fail(self, pending: _Pending, reason: str) -> None:
         if not pending.done.is_set():

@@ -168,7 +168,7 @@ def test_late_node_joins_as_learner_and_is_promoted_when_a_voter_goes(
         roles = {m["id"]: m["role"] for m in v["members"]}  # type: ignore[attr-defined]
         return roles.get(node)
 
-    wait_for(lambda: role_of(n4) == "learner", 20, f"{n4} to join as a learner")
+    wait_for(lambda: role_of(n4) == "learner", 45, f"{n4} to join as a learner")
     victim = next(n for n in ("n1", "n2", "n3") if n != leader)
     req = urllib.request.Request(
         c.nodes[leader].api + f"/api/v1/cluster/members/{victim}",
@@ -177,7 +177,7 @@ def test_late_node_joins_as_learner_and_is_promoted_when_a_voter_goes(
     )
     with urllib.request.urlopen(req, timeout=15) as resp:
         assert resp.status == 200
-    wait_for(lambda: role_of(n4) == "follower", 20, f"{n4} to be promoted to voter")
+    wait_for(lambda: role_of(n4) == "follower", 45, f"{n4} to be promoted to voter")
     assert role_of(victim) is None
 
 

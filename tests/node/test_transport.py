@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ import trio
 
 from consensus.types import Heartbeat, ReadIndexRequest
 from node.peerauth import HmacAuthenticator, TlsAuthenticator
+from node.peerconn import Connection, PeerCounters, SendQueue
 from node.tls import PemPair, create_ca, issue_node_certificate
 from node.transport import (
     PeerUnavailable,
@@ -18,6 +20,7 @@ from node.transport import (
     RequestTimeout,
     TooManyRequests,
     TransportLimits,
+    _LogBudget,
     backoff_delay_s,
 )
 from node.wire import RaftFrame, Response, encode_frame
@@ -137,6 +140,22 @@ async def test_a_peer_that_moves_is_redialled_at_its_new_address() -> None:
         assert "n2" not in a.transport.statistics().peers
 
 
+async def test_peers_removed_and_readded_before_their_task_runs_are_harmless() -> None:
+    a, b = Node("n1"), Node("n2")
+    async with running(a, b):
+        for _ in range(3):  # no checkpoint in between: the link tasks have not started
+            a.transport.set_peers({"n2": b.addr})
+            a.transport.set_peers({})
+        a.transport.set_peers({"n2": b.addr})
+        a.transport.send("n2", heartbeat("n1", "n2"))
+        await eventually(lambda: len(b.received) == 1)
+        with pytest.raises(ValueError, match="bad port"):
+            a.transport.set_peers({"n3": ("127.0.0.1", 0)})
+        with pytest.raises(ValueError, match="bad id"):
+            a.transport.set_peers({"N 3": ("127.0.0.1", 1)})
+        assert list(a.transport.statistics().peers) == ["n2"]  # unchanged
+
+
 def test_backoff_grows_with_jitter_and_stays_bounded() -> None:
     rng = random.Random(7)
     delays = [backoff_delay_s(n, rng, 0.05, 2.0) for n in range(40)]
@@ -146,9 +165,29 @@ def test_backoff_grows_with_jitter_and_stays_bounded() -> None:
     assert len(set(delays)) == len(delays)  # jittered
 
 
+def test_the_log_budget_drops_lines_over_its_rate_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now_s = [0.0]
+    budget = _LogBudget(per_s=1, clock=lambda: now_s[0])  # bursts of 2
+    for i in range(5):
+        budget(logging.WARNING, "line %d", i)
+    now_s[0] = 1.0  # one more line's worth of budget
+    budget(logging.WARNING, "line %d", 5)
+    budget(logging.WARNING, "line %d", 6)
+    assert [r.getMessage() for r in caplog.records] == [
+        "line 0",
+        "line 1",
+        "line 5 (3 similar lines suppressed)",
+    ]
+    assert budget.suppressed_total == 4
+
+
 def test_limits_are_validated() -> None:
     with pytest.raises(ValueError, match="send_queue_frames_max"):
         TransportLimits(send_queue_frames_max=0)
+    with pytest.raises(ValueError, match="write_timeout_s"):
+        TransportLimits(write_timeout_s=0)
     with pytest.raises(ValueError, match="backoff"):
         TransportLimits(backoff_initial_s=3.0, backoff_max_s=2.0)
     with pytest.raises(ValueError, match="max_frame_bytes"):
@@ -325,3 +364,45 @@ async def test_mutual_tls_carries_frames_and_refuses_another_cas_node(
     refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("n1: ")]
     assert any("n3 at" in m and "CERTIFICATE_VERIFY_FAILED" in m for m in refusals)  # dialling
     assert any("n3 at" not in m and "CERTIFICATE_VERIFY_FAILED" in m for m in refusals)  # accepting
+
+
+# -------------------------------------------------------------- queue and writer
+
+
+class RecordingStream(trio.abc.Stream):
+    """Records each ``send_all``; never receives anything."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_the_writer_drains_the_queue_in_batches_bounded_in_bytes() -> None:
+    limits = replace(FAST, write_batch_bytes_max=1000)
+    queue = SendQueue(frames_max=100, bytes_max=100_000)
+    frames = [encode_frame(heartbeat("n1", "n2", i)) for i in range(100)]
+    for data in frames:
+        assert queue.put(data)
+    assert not queue.put(frames[0])  # 100 frames is the bound
+    stream = RecordingStream()
+    conn = Connection("n2", True, stream, queue, PeerCounters(), "test", limits)
+    with trio.move_on_after(0.5):
+        await conn.run(lambda c, f: None, lambda c, ids: None)
+    assert b"".join(stream.writes) == b"".join(frames)
+    assert all(len(w) <= 1000 for w in stream.writes)
+    per_batch = 1000 // len(frames[0])  # the frames are all the same size
+    assert len(stream.writes) == -(-100 // per_batch)  # as few writes as the bound allows
+    assert conn.counters.frames_sent == 100 and queue.bytes == 0
