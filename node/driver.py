@@ -201,22 +201,15 @@ class RaftDriver:
 
     async def propose(self, data: bytes, timeout_s: float) -> Outcome:
         """Propose on this node (must be leader); raises NotLeader / ProposalDropped."""
-
-        def start() -> _Waiter:
-            index = self.raft.propose(data)
-            waiter = _Waiter(self.raft.term)
-            self._waiters[index] = waiter
-            return waiter
-
-        waiter = await self._call(start)
-        assert isinstance(waiter, _Waiter)
-        with trio.move_on_after(timeout_s):
-            await waiter.event.wait()
-        return waiter.outcome
+        return await self._propose_and_wait(lambda: self.raft.propose(data), timeout_s)
 
     async def propose_conf_change(self, cc: ConfChange, timeout_s: float) -> Outcome:
+        """Propose a membership change; raises NotLeader / ConfChangeRefused."""
+        return await self._propose_and_wait(lambda: self.raft.propose_conf_change(cc), timeout_s)
+
+    async def _propose_and_wait(self, append: Callable[[], int], timeout_s: float) -> Outcome:
         def start() -> _Waiter:
-            index = self.raft.propose_conf_change(cc)
+            index = append()
             waiter = _Waiter(self.raft.term)
             self._waiters[index] = waiter
             return waiter
