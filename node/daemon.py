@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,9 +58,9 @@ class StoreStateMachine:
     def applied_index(self) -> int:
         return self.store.applied_index()
 
-    def apply(self, entries: Sequence[Entry]) -> list[bytes]:
-        self.store.apply([], entries[-1].index)
-        return [b""] * len(entries)
+    def apply(self, entries: Sequence[Entry]) -> tuple[list[bytes], Callable[[], None]]:
+        last = entries[-1].index
+        return [b""] * len(entries), lambda: self.store.apply([], last)
 
     def create_snapshot(self, index: int, term: int, conf: ConfState) -> Snapshot:
         return self.store.create_snapshot(index, term, conf)

@@ -55,10 +55,12 @@ class StateMachine(Protocol):
 
     def applied_index(self) -> int: ...
 
-    def apply(self, entries: Sequence[Entry]) -> list[bytes]:
-        """Apply committed entries in order and record the last index, atomically.
+    def apply(self, entries: Sequence[Entry]) -> tuple[list[bytes], Callable[[], None]]:
+        """Apply committed entries in order, in memory (called in the loop task).
 
-        Returns one result per entry (empty bytes for no-ops and conf changes)."""
+        Returns one result per entry (empty bytes for no-ops and conf changes) and
+        the durable write of their effects with the last index, in one transaction,
+        which the driver runs in a worker thread before it answers anyone."""
         ...
 
     def create_snapshot(self, index: int, term: int, conf: ConfState) -> Snapshot:
@@ -316,7 +318,8 @@ class RaftDriver:
         for m in rd.messages:
             self._send(m)
         if rd.committed_entries:
-            results = await self._offload(self.sm.apply, rd.committed_entries)
+            results, persist = self.sm.apply(rd.committed_entries)
+            await self._offload(persist)
             self._resolve(rd.committed_entries, results)
             if self._on_apply is not None:
                 self._on_apply(rd.committed_entries, results)

@@ -23,7 +23,7 @@ class ListStateMachine:
     def applied_index(self) -> int:
         return self.applied
 
-    def apply(self, entries: Sequence[Entry]) -> list[bytes]:
+    def apply(self, entries: Sequence[Entry]) -> tuple[list[bytes], Callable[[], None]]:
         out = []
         for e in entries:
             if e.type is EntryType.NORMAL and e.data:
@@ -32,7 +32,7 @@ class ListStateMachine:
             else:
                 out.append(b"")
             self.applied = e.index
-        return out
+        return out, lambda: None
 
     def create_snapshot(self, index: int, term: int, conf: ConfState) -> Snapshot:
         assert index == self.applied
