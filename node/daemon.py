@@ -15,7 +15,6 @@ import logging
 import os
 import random
 import signal
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,14 +24,17 @@ from consensus.raft import ConfChangeRefused, NotLeader, ProposalDropped
 from consensus.raft import Config as RaftConfig
 from consensus.swim import MemberState, Swim, SwimConfig
 from consensus.swim_types import NodeMeta
-from consensus.types import ConfState, Entry, Message, NodeId, Role, Snapshot, SnapshotMeta
+from consensus.types import ConfState, Message, NodeId, Role
 from node import auth
 from node.autopilot import PeerHealth, decide
 from node.config import NodeConfig
 from node.driver import RaftDriver
+from node.executors import default_executors
 from node.gossip import GossipService
+from node.jobs import JobsService
 from node.metrics import Metrics
 from node.peerauth import Authenticator, HmacAuthenticator, TlsAuthenticator
+from node.scheduler import OutputBuffer, SchedulerService, SchedulerStateMachine
 from node.service import NodeService
 from node.transport import PeerTransport, TransportLimits
 from node.wire import Frame, RaftFrame
@@ -46,27 +48,6 @@ VERSION = "0.1.0"
 HOUSEKEEPING_INTERVAL_S = 1.0
 SHUTDOWN_TRANSFER_TIMEOUT_S = 3.0
 CONF_CHANGE_TIMEOUT_S = 10.0
-
-
-class StoreStateMachine:
-    """The replicated state machine over the LMDB store: records each applied index
-    in the same transaction as the (future) table writes of the entries."""
-
-    def __init__(self, store: LmdbLogStorage) -> None:
-        self.store = store
-
-    def applied_index(self) -> int:
-        return self.store.applied_index()
-
-    def apply(self, entries: Sequence[Entry]) -> tuple[list[bytes], Callable[[], None]]:
-        last = entries[-1].index
-        return [b""] * len(entries), lambda: self.store.apply([], last)
-
-    def create_snapshot(self, index: int, term: int, conf: ConfState) -> Snapshot:
-        return self.store.create_snapshot(index, term, conf)
-
-    def restored(self, meta: SnapshotMeta) -> None:
-        """Nothing is cached outside LMDB yet."""
 
 
 def initial_conf(cfg: NodeConfig) -> ConfState:
@@ -84,6 +65,9 @@ class Agent:
     gossip: GossipService
     service: NodeService
     metrics: Metrics
+    scheduler: SchedulerService
+    jobs: JobsService
+    output: OutputBuffer
     shutdown: trio.Event = field(default_factory=trio.Event)
     peer_addresses: dict[NodeId, tuple[str, int]] = field(default_factory=dict)
     down_since: dict[NodeId, float] = field(default_factory=dict)
@@ -113,12 +97,30 @@ class Agent:
                 await self.autopilot()
             await trio.sleep(HOUSEKEEPING_INTERVAL_S)
 
+    def live_nodes(self) -> list[tuple[NodeId, tuple[str, ...]]]:
+        """Raft members gossip holds alive (this node included), with their tags."""
+        members = self.driver.raft.conf().members()
+        out = [(self.cfg.node_id, self.meta().tags)] if self.cfg.node_id in members else []
+        for m in self.gossip.members():
+            if m.id != self.cfg.node_id and m.id in members and m.state is MemberState.ALIVE:
+                out.append((m.id, m.meta.tags))
+        return out
+
+    def gone_nodes(self) -> list[NodeId]:
+        """Nodes gossip has held suspect or dead beyond the voter grace period."""
+        now = trio.current_time()
+        return [n for n, since in self.down_since.items() if now - since >= self.cfg.voter_grace_s]
+
     def meta(self) -> NodeMeta:
         raft = self.driver.raft
         role = "learner" if self.cfg.node_id in raft.conf().learners else raft.role.value
         tags = tuple(f"{k}={v}" for k, v in sorted(self.cfg.tags.items()))[:8]
+        state = self.scheduler.sm.state
+        running = state.running_count(self.cfg.node_id)
         return NodeMeta(
             raft_id=self.cfg.node_id,
+            free_slots=max(0, self.scheduler.slots - running),
+            queue_depth=min(state.queued_count(self.cfg.node_id), 1_000_000),
             api_address=format_host_port(self.advertise_host(), self.cfg.http_port),
             role=role[:32],
             tags=tags,
@@ -251,7 +253,8 @@ def build_agent(cfg: NodeConfig) -> Agent:
         applied=store.applied_index(),
     )
     metrics = Metrics(VERSION)
-    driver = RaftDriver(raft_cfg, store, StoreStateMachine(store), send, seed, cfg.tick_ms / 1000.0)
+    sm = SchedulerStateMachine(store)
+    driver = RaftDriver(raft_cfg, store, sm, send, seed, cfg.tick_ms / 1000.0)
     driver.fsync_observer = metrics.storage_fsync_duration.observe
     holder.append(driver)
     host = cfg.advertise_host or cfg.bind_host
@@ -271,7 +274,23 @@ def build_agent(cfg: NodeConfig) -> Agent:
         format_host_port(host, cfg.http_port),
         lambda node, addr: agent_box[0].set_peer_address(node, addr),
     )
-    agent = Agent(cfg, store, transport, driver, gossip, service, metrics)
+
+    def store_output(run_id: str, chunk: bytes, now: int) -> None:
+        store.outputs.append(run_id, chunk, now_ms=now)
+
+    output = OutputBuffer(store_output)
+    scheduler = SchedulerService(
+        cfg.node_id,
+        sm,
+        role=lambda: driver.raft.role,
+        propose=service.propose,
+        live_nodes=lambda: agent_box[0].live_nodes(),
+        gone_nodes=lambda: agent_box[0].gone_nodes(),
+        executors=default_executors(),
+        output=output.write,
+    )
+    jobs = JobsService(sm, service.propose, driver.read_barrier)
+    agent = Agent(cfg, store, transport, driver, gossip, service, metrics, scheduler, jobs, output)
     agent_box.append(agent)
     for peer, hp in cfg.peers.items():
         agent.set_peer_address(peer, (hp.host, hp.port))
@@ -292,7 +311,9 @@ async def run_agent(
     pid_file = write_pid_file(cfg.data_dir)
     try:
         verifier = auth.TokenVerifier.from_directory(cfg.jwt_public_keys_path)
-        app = create_app(agent.service, verifier, agent.metrics, cfg.api_limits())
+        app = create_app(
+            agent.service, verifier, agent.metrics, cfg.api_limits(), scheduler=agent.jobs
+        )
         http_shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.watch_signals)
@@ -303,6 +324,9 @@ async def run_agent(
             if seeds:
                 await agent.gossip.join(seeds)
             await nursery.start(agent.housekeeping)
+            await nursery.start(agent.output.flush_loop)
+            await nursery.start(agent.scheduler.leader_loop)
+            await nursery.start(agent.scheduler.worker_loop)
             await nursery.start(
                 lambda task_status: serve(
                     app,

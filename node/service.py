@@ -147,6 +147,15 @@ class NodeService:
         ``Unknown`` whenever the command may have been appended but was not seen to
         commit. Retries only while no leader has accepted it (so never twice)."""
         deadline = trio.current_time() + timeout_s
+        outcome = await self._propose_once(data, deadline)
+        if isinstance(outcome, Committed):
+            # Answer only once this node has applied it too, so the caller's next
+            # local read sees its own write.
+            with trio.move_on_at(deadline + 1.0):
+                await self.driver.wait_applied(outcome.index)
+        return outcome
+
+    async def _propose_once(self, data: bytes, deadline: float) -> Outcome:
         while True:
             left = deadline - trio.current_time()
             if left <= 0:

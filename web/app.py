@@ -45,6 +45,7 @@ from web.port import (
     ClusterView,
     HttpMetrics,
     NodePort,
+    SchedulerPort,
     format_host_port,
     is_node_id,
     parse_host_port,
@@ -94,6 +95,7 @@ class AppState:
     limits: ApiLimits
     limiter: TokenBucketLimiter | None
     policies: dict[str, Route]
+    scheduler: SchedulerPort | None = None
 
 
 def _state() -> AppState:
@@ -208,6 +210,20 @@ async def _read_json_object(fields: Mapping[str, Callable[[object], str | None]]
 
     An empty body is ``{}``. Required fields are checked by the caller via the checkers
     (a missing field is passed as ``None``)."""
+    body = await _read_json_body()
+    for name in body:
+        if name not in fields:
+            allowed = ", ".join(sorted(fields)) or "none"
+            raise invalid_field(name, f"unknown field (allowed: {allowed})")
+    for name, check in fields.items():
+        error = check(body.get(name))
+        if error is not None:
+            raise invalid_field(name, error)
+    return body
+
+
+async def _read_json_body() -> dict[str, Any]:
+    """The body as a JSON object (``{}`` when empty); its fields are the caller's to check."""
     try:
         raw = await request.get_data(as_text=False)
     except RequestEntityTooLarge:
@@ -229,14 +245,6 @@ async def _read_json_object(fields: Mapping[str, Callable[[object], str | None]]
             raise ApiProblem(problems.MALFORMED_JSON, f"body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ApiProblem(problems.BAD_REQUEST, "body must be a JSON object")
-    for name in body:
-        if name not in fields:
-            allowed = ", ".join(sorted(fields)) or "none"
-            raise invalid_field(name, f"unknown field (allowed: {allowed})")
-    for name, check in fields.items():
-        error = check(body.get(name))
-        if error is not None:
-            raise invalid_field(name, error)
     return body
 
 
@@ -357,6 +365,92 @@ async def metrics() -> ResponseReturnValue:
     return Response(body, content_type=content_type)
 
 
+# ---------------------------------------------------------------- jobs, tasks, runs
+
+
+def _scheduler() -> SchedulerPort:
+    scheduler = _state().scheduler
+    if scheduler is None:
+        raise ApiProblem(problems.NOT_READY, "this node does not schedule work")
+    return scheduler
+
+
+def _stale() -> bool:
+    value = request.args.get("consistency", "linearizable")
+    if value not in ("linearizable", "stale"):
+        raise invalid_field("consistency", "must be 'linearizable' or 'stale'")
+    return value == "stale"
+
+
+def _query() -> dict[str, str]:
+    return {k: v for k, v in request.args.items() if k != "consistency"}
+
+
+async def create_job() -> ResponseReturnValue:
+    return await _scheduler().create_job(await _read_json_body()), 201
+
+
+async def list_jobs() -> ResponseReturnValue:
+    return await _scheduler().list_jobs(_query(), _stale())
+
+
+async def get_job(job_id: str) -> ResponseReturnValue:
+    return await _scheduler().get_job(job_id, _stale())
+
+
+async def delete_job(job_id: str) -> ResponseReturnValue:
+    await _read_json_object({})
+    await _scheduler().delete_job(job_id)
+    return "", 204
+
+
+async def trigger_job(job_id: str) -> ResponseReturnValue:
+    await _read_json_object({})
+    return await _scheduler().job_action(job_id, "trigger"), 201
+
+
+async def pause_job(job_id: str) -> ResponseReturnValue:
+    await _read_json_object({})
+    return await _scheduler().job_action(job_id, "pause")
+
+
+async def resume_job(job_id: str) -> ResponseReturnValue:
+    await _read_json_object({})
+    return await _scheduler().job_action(job_id, "resume")
+
+
+async def next_fires(job_id: str) -> ResponseReturnValue:
+    text = request.args.get("count", "5")
+    if not text.isdigit():
+        raise invalid_field("count", f"must be a positive integer, got {text!r:.40}")
+    return await _scheduler().next_fires(job_id, int(text), _stale())
+
+
+async def list_job_runs(job_id: str) -> ResponseReturnValue:
+    return await _scheduler().list_runs(_query(), job_id, _stale())
+
+
+async def submit_task() -> ResponseReturnValue:
+    key = request.headers.get("Idempotency-Key")
+    return await _scheduler().submit_task(await _read_json_body(), key), 201
+
+
+async def list_runs() -> ResponseReturnValue:
+    return await _scheduler().list_runs(_query(), None, _stale())
+
+
+async def get_run(run_id: str) -> ResponseReturnValue:
+    return await _scheduler().get_run(run_id, _stale())
+
+
+async def cancel_run(run_id: str) -> ResponseReturnValue:
+    await _read_json_object({})
+    return await _scheduler().cancel_run(run_id)
+
+
+_PAGE = frozenset({"cursor", "limit", "consistency"})
+_READ = frozenset({"consistency"})
+
 ROUTES: tuple[Route, ...] = (
     Route("/healthz", ("GET",), Access.PUBLIC, healthz),
     Route("/readyz", ("GET",), Access.PUBLIC, readyz),
@@ -367,6 +461,19 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/v1/cluster/members", ("POST",), Role.ADMIN, add_member),
     Route("/api/v1/cluster/members/<node_id>", ("DELETE",), Role.ADMIN, remove_member),
     Route("/api/v1/cluster/snapshot", ("POST",), Role.ADMIN, take_snapshot),
+    Route("/api/v1/jobs", ("POST",), Role.OPERATOR, create_job),
+    Route("/api/v1/jobs", ("GET",), Role.VIEWER, list_jobs, _PAGE | {"namespace", "name_prefix"}),
+    Route("/api/v1/jobs/<job_id>", ("GET",), Role.VIEWER, get_job, _READ),
+    Route("/api/v1/jobs/<job_id>", ("DELETE",), Role.OPERATOR, delete_job),
+    Route("/api/v1/jobs/<job_id>/trigger", ("POST",), Role.OPERATOR, trigger_job),
+    Route("/api/v1/jobs/<job_id>/pause", ("POST",), Role.OPERATOR, pause_job),
+    Route("/api/v1/jobs/<job_id>/resume", ("POST",), Role.OPERATOR, resume_job),
+    Route("/api/v1/jobs/<job_id>/next", ("GET",), Role.VIEWER, next_fires, _READ | {"count"}),
+    Route("/api/v1/jobs/<job_id>/runs", ("GET",), Role.VIEWER, list_job_runs, _PAGE),
+    Route("/api/v1/tasks", ("POST",), Role.OPERATOR, submit_task),
+    Route("/api/v1/runs", ("GET",), Role.VIEWER, list_runs, _PAGE | {"state", "job_id", "node"}),
+    Route("/api/v1/runs/<run_id>", ("GET",), Role.VIEWER, get_run, _READ),
+    Route("/api/v1/runs/<run_id>/cancel", ("POST",), Role.OPERATOR, cancel_run),
 )
 
 
@@ -376,6 +483,7 @@ def create_app(
     metrics: HttpMetrics,
     limits: ApiLimits,
     *,
+    scheduler: SchedulerPort | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> QuartTrio:
     """Build the app. ``clock`` (monotonic seconds) drives the rate limiter."""
@@ -398,7 +506,7 @@ def create_app(
         )
         policies[endpoint] = route
     assert set(app.view_functions) == set(policies), "every endpoint must have a policy"
-    app.extensions["rota"] = AppState(port, verifier, metrics, limits, limiter, policies)
+    app.extensions["rota"] = AppState(port, verifier, metrics, limits, limiter, policies, scheduler)
     app.before_request(_begin)
     app.before_request(_authorize)
     app.after_request(_record)

@@ -34,8 +34,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 MemberRole = Literal["leader", "follower", "candidate", "learner"]
 MemberState = Literal["alive", "suspect", "dead"]
@@ -202,6 +203,40 @@ class NodePort(Protocol):
     async def take_snapshot(self) -> int:
         """Snapshot the state machine and compact the log; returns the snapshot's index."""
         ...
+
+
+class SchedulerPort(Protocol):
+    """Jobs, tasks and runs (SPEC "HTTP API"). Bodies and answers are JSON objects in
+    the SPEC's field names. Errors: ``Invalid(field)`` for bad input (nothing changed),
+    ``NotFound``, ``Conflict`` (version or state conflicts), ``Unavailable`` when no
+    leader answered or a write's outcome is unknown. ``stale`` serves the local copy
+    instead of a linearizable read."""
+
+    async def create_job(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def list_jobs(self, query: Mapping[str, str], stale: bool) -> dict[str, Any]: ...
+
+    async def get_job(self, job_id: str, stale: bool) -> dict[str, Any]: ...
+
+    async def delete_job(self, job_id: str) -> None: ...
+
+    async def job_action(self, job_id: str, action: str) -> dict[str, Any]:
+        """``action`` is ``trigger``, ``pause`` or ``resume``."""
+        ...
+
+    async def next_fires(self, job_id: str, count: int, stale: bool) -> dict[str, Any]: ...
+
+    async def submit_task(
+        self, body: dict[str, Any], idempotency_key: str | None
+    ) -> dict[str, Any]: ...
+
+    async def list_runs(
+        self, query: Mapping[str, str], job_id: str | None, stale: bool
+    ) -> dict[str, Any]: ...
+
+    async def get_run(self, run_id: str, stale: bool) -> dict[str, Any]: ...
+
+    async def cancel_run(self, run_id: str) -> dict[str, Any]: ...
 
 
 class HttpMetrics(Protocol):

@@ -10,7 +10,8 @@ rejected request never reached the port.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -139,3 +140,50 @@ if TYPE_CHECKING:
 
     def _is_a_node_port(port: FakeNodePort) -> NodePort:
         return port  # mypy proves the twin satisfies the port
+
+
+class FakeSchedulerPort:
+    """In-memory ``SchedulerPort`` for the web tests: records calls, answers canned JSON."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def _record(self, name: str, arg: object) -> dict[str, Any]:
+        self.calls.append((name, arg))
+        return {"id": "j000000000001", "call": name}
+
+    async def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._record("create_job", body)
+
+    async def list_jobs(self, query: Mapping[str, str], stale: bool) -> dict[str, Any]:
+        self.calls.append(("list_jobs", dict(query)))
+        return {"items": [], "next_cursor": None}
+
+    async def get_job(self, job_id: str, stale: bool) -> dict[str, Any]:
+        return self._record("get_job", job_id)
+
+    async def delete_job(self, job_id: str) -> None:
+        self._record("delete_job", job_id)
+
+    async def job_action(self, job_id: str, action: str) -> dict[str, Any]:
+        return self._record(action, job_id)
+
+    async def next_fires(self, job_id: str, count: int, stale: bool) -> dict[str, Any]:
+        return self._record("next_fires", (job_id, count))
+
+    async def submit_task(
+        self, body: dict[str, Any], idempotency_key: str | None
+    ) -> dict[str, Any]:
+        return self._record("submit_task", (body, idempotency_key))
+
+    async def list_runs(
+        self, query: Mapping[str, str], job_id: str | None, stale: bool
+    ) -> dict[str, Any]:
+        self.calls.append(("list_runs", (dict(query), job_id)))
+        return {"items": [], "next_cursor": None}
+
+    async def get_run(self, run_id: str, stale: bool) -> dict[str, Any]:
+        return self._record("get_run", run_id)
+
+    async def cancel_run(self, run_id: str) -> dict[str, Any]:
+        return self._record("cancel_run", run_id)

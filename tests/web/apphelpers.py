@@ -26,7 +26,7 @@ from node.metrics import Metrics
 from web.app import create_app, serve
 from web.problems import PROBLEM_BASE, PROBLEM_CONTENT_TYPE
 from web.security import ApiLimits, Role
-from web.testing import FakeNodePort
+from web.testing import FakeNodePort, FakeSchedulerPort
 
 NOW_S = 1_800_000_000.0  # a fixed wall-clock instant for token times
 
@@ -65,8 +65,14 @@ class Harness:
         self.verifier = TokenVerifier(
             {self.keys.kid: self.keys.private.public_key()}, clock=self.wall
         )
+        self.scheduler = FakeSchedulerPort()
         self.app: QuartTrio = create_app(
-            self.port, self.verifier, self.metrics, self.limits, clock=self.mono
+            self.port,
+            self.verifier,
+            self.metrics,
+            self.limits,
+            scheduler=self.scheduler,
+            clock=self.mono,
         )
 
     def token(self, role: Role = Role.ADMIN, *, ttl_s: int = 3600, sub: str = "tester") -> str:

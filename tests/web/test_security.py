@@ -35,6 +35,19 @@ PROTECTED: list[tuple[str, str, str, dict[str, object] | None, Role]] = [
     ("POST", "/api/v1/cluster/members", "/api/v1/cluster/members", {"id": "n9"}, Role.ADMIN),
     ("DELETE", "/api/v1/cluster/members/<node_id>", "/api/v1/cluster/members/n3", None, Role.ADMIN),
     ("POST", "/api/v1/cluster/snapshot", "/api/v1/cluster/snapshot", None, Role.ADMIN),
+    ("POST", "/api/v1/jobs", "/api/v1/jobs", {"name": "x"}, Role.OPERATOR),
+    ("GET", "/api/v1/jobs", "/api/v1/jobs", None, Role.VIEWER),
+    ("GET", "/api/v1/jobs/<job_id>", "/api/v1/jobs/j1", None, Role.VIEWER),
+    ("DELETE", "/api/v1/jobs/<job_id>", "/api/v1/jobs/j1", None, Role.OPERATOR),
+    ("POST", "/api/v1/jobs/<job_id>/trigger", "/api/v1/jobs/j1/trigger", None, Role.OPERATOR),
+    ("POST", "/api/v1/jobs/<job_id>/pause", "/api/v1/jobs/j1/pause", None, Role.OPERATOR),
+    ("POST", "/api/v1/jobs/<job_id>/resume", "/api/v1/jobs/j1/resume", None, Role.OPERATOR),
+    ("GET", "/api/v1/jobs/<job_id>/next", "/api/v1/jobs/j1/next", None, Role.VIEWER),
+    ("GET", "/api/v1/jobs/<job_id>/runs", "/api/v1/jobs/j1/runs", None, Role.VIEWER),
+    ("POST", "/api/v1/tasks", "/api/v1/tasks", {"executor": {}}, Role.OPERATOR),
+    ("GET", "/api/v1/runs", "/api/v1/runs", None, Role.VIEWER),
+    ("GET", "/api/v1/runs/<run_id>", "/api/v1/runs/r1", None, Role.VIEWER),
+    ("POST", "/api/v1/runs/<run_id>/cancel", "/api/v1/runs/r1/cancel", None, Role.OPERATOR),
 ]
 PUBLIC = [("GET", "/healthz"), ("GET", "/readyz")]
 
@@ -61,6 +74,7 @@ async def test_role_matrix(
         assert_problem(status, headers, payload, 403, "forbidden")
         assert 'error="insufficient_scope"' in headers["WWW-Authenticate"]
         assert h.port.calls == []
+        assert h.scheduler.calls == []
 
 
 def _b64(data: bytes) -> str:

@@ -1,0 +1,216 @@
+"""Jobs, tasks and runs as the web layer sees them: ``web.port.SchedulerPort`` on the
+replicated scheduler state.
+
+Rules:
+- Input is validated completely (``node.modeljson``) before anything is proposed; a
+  ``ValidationError`` becomes ``Invalid(field)`` and nothing changes.
+- Writes go through ``NodeService.propose`` (forwarded to the leader from any node);
+  an outcome that may or may not have committed is ``Unavailable``, never a failure.
+- Reads are linearizable by default (a ReadIndex barrier, then the local state);
+  ``stale=True`` serves the local copy at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any
+
+import trio
+
+from consensus.raft import NotLeader
+from node.checks import ValidationError
+from node.commands import (
+    CancelRun,
+    Command,
+    CreateJob,
+    DeleteJob,
+    Ok,
+    Rejected,
+    SetPaused,
+    SubmitTasks,
+    TriggerJob,
+    decode_result,
+    encode_command,
+)
+from node.driver import Committed, NotCommitted, Outcome
+from node.modeljson import (
+    idempotency_key_from_header,
+    job_spec_from_json,
+    job_to_json,
+    run_to_json,
+    task_spec_from_json,
+)
+from node.queries import job_runs, list_jobs, list_runs, next_fire_times
+from node.scheduler import SchedulerStateMachine, now_ms
+from web.port import Conflict, Invalid, NotFound, PortError, Unavailable
+
+READ_TIMEOUT_S = 5.0
+PROPOSE_TIMEOUT_S = 10.0
+NEXT_COUNT_MAX = 100
+
+
+class JobsService:
+    def __init__(
+        self,
+        sm: SchedulerStateMachine,
+        propose: Callable[[bytes, float], Awaitable[Outcome]],
+        read_barrier: Callable[[float], Awaitable[int]],
+        handlers: Collection[str] = (),
+    ) -> None:
+        self.sm = sm
+        self._propose = propose
+        self._read_barrier = read_barrier
+        self.handlers = frozenset(handlers)
+
+    # ---------------------------------------------------------------- helpers
+    async def _read(self, stale: bool) -> None:
+        if stale:
+            return
+        try:
+            await self._read_barrier(READ_TIMEOUT_S)
+        except (NotLeader, trio.TooSlowError) as e:
+            raise Unavailable(
+                "no leader confirmed a linearizable read; retry or use consistency=stale"
+            ) from e
+
+    async def _write(self, cmd: Command) -> Ok:
+        outcome = await self._propose(encode_command(cmd), PROPOSE_TIMEOUT_S)
+        if isinstance(outcome, NotCommitted):
+            raise Unavailable(f"not applied: {outcome.reason}")
+        if not isinstance(outcome, Committed):
+            raise Unavailable(f"the outcome is unknown ({outcome.reason}); it may have applied")
+        result = decode_result(outcome.result)
+        if isinstance(result, Rejected):
+            raise _rejection(result)
+        return result
+
+    def _job(self, job_id: str) -> dict[str, Any]:
+        job = self.sm.state.job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return job_to_json(job)
+
+    def _run(self, run_id: str) -> dict[str, Any]:
+        run = self.sm.state.run(run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id!r}")
+        return run_to_json(run)
+
+    # ------------------------------------------------------------------- jobs
+    async def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        now = now_ms()
+        spec = _validated(lambda: job_spec_from_json(body, handlers=self.handlers, now_ms=now))
+        ok = await self._write(CreateJob(spec, now))
+        return self._job(ok.ids[0])
+
+    async def list_jobs(self, query: Mapping[str, str], stale: bool) -> dict[str, Any]:
+        await self._read(stale)
+        page = _validated(
+            lambda: list_jobs(
+                self.sm.state,
+                namespace=query.get("namespace"),
+                name_prefix=query.get("name_prefix", ""),
+                cursor=query.get("cursor"),
+                limit=_int(query, "limit", 50),
+            )
+        )
+        return {"items": [job_to_json(j) for j in page.items], "next_cursor": page.next_cursor}
+
+    async def get_job(self, job_id: str, stale: bool) -> dict[str, Any]:
+        await self._read(stale)
+        return self._job(job_id)
+
+    async def delete_job(self, job_id: str) -> None:
+        await self._write(DeleteJob(job_id, None, now_ms()))
+
+    async def job_action(self, job_id: str, action: str) -> dict[str, Any]:
+        now = now_ms()
+        cmd: Command
+        if action == "trigger":
+            cmd = TriggerJob(job_id, now)
+        else:
+            assert action in ("pause", "resume"), action
+            cmd = SetPaused(job_id, action == "pause", now)
+        ok = await self._write(cmd)
+        if action == "trigger":
+            return self._run(ok.ids[0]) if ok.ids else {}
+        return self._job(job_id)
+
+    async def next_fires(self, job_id: str, count: int, stale: bool) -> dict[str, Any]:
+        await self._read(stale)
+        job = self.sm.state.job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        if not 1 <= count <= NEXT_COUNT_MAX:
+            raise Invalid(f"must be in [1, {NEXT_COUNT_MAX}]", "count")
+        from node.schedule import format_ms
+
+        return {"job_id": job_id, "next": [format_ms(t) for t in next_fire_times(job, count)]}
+
+    # ------------------------------------------------------------ tasks, runs
+    async def submit_task(
+        self, body: dict[str, Any], idempotency_key: str | None
+    ) -> dict[str, Any]:
+        spec = _validated(lambda: task_spec_from_json(body, handlers=self.handlers))
+        key = _validated(lambda: idempotency_key_from_header(idempotency_key))
+        ok = await self._write(SubmitTasks((spec,), (key,), now_ms()))
+        return self._run(ok.ids[0])
+
+    async def list_runs(
+        self, query: Mapping[str, str], job_id: str | None, stale: bool
+    ) -> dict[str, Any]:
+        await self._read(stale)
+        state = self.sm.state
+        if job_id is not None:
+            if state.job(job_id) is None:
+                raise NotFound(f"no job {job_id!r}")
+            page = _validated(
+                lambda: job_runs(
+                    state, job_id, cursor=query.get("cursor"), limit=_int(query, "limit", 50)
+                )
+            )
+            assert page is not None
+        else:
+            page = _validated(
+                lambda: list_runs(
+                    state,
+                    run_state=query.get("state"),
+                    job_id=query.get("job_id"),
+                    node=query.get("node"),
+                    cursor=query.get("cursor"),
+                    limit=_int(query, "limit", 50),
+                )
+            )
+        return {"items": [run_to_json(r) for r in page.items], "next_cursor": page.next_cursor}
+
+    async def get_run(self, run_id: str, stale: bool) -> dict[str, Any]:
+        await self._read(stale)
+        return self._run(run_id)
+
+    async def cancel_run(self, run_id: str) -> dict[str, Any]:
+        await self._write(CancelRun(run_id, now_ms()))
+        return self._run(run_id)
+
+
+def _validated(build: Callable[[], Any]) -> Any:
+    try:
+        return build()
+    except ValidationError as e:
+        raise Invalid(e.message, e.field or "body") from e
+
+
+def _int(query: Mapping[str, str], name: str, default: int) -> int:
+    text = query.get(name)
+    if text is None:
+        return default
+    if not text.isdigit():
+        raise Invalid(f"must be a positive integer, got {text!r:.40}", name)
+    return int(text)
+
+
+def _rejection(r: Rejected) -> PortError:
+    if r.code == "not_found":
+        return NotFound(r.detail)
+    if r.code == "invalid":
+        return Invalid(r.detail, r.field or "body")
+    return Conflict(r.detail)  # version_conflict, conflict, stale_token
