@@ -126,7 +126,7 @@ class Cli:
             click.echo(message, err=True)
 
 
-pass_cli = click.make_pass_decorator(Cli)
+pass_cli: Callable[[Callable[..., Any]], Callable[..., Any]] = click.make_pass_decorator(Cli)
 
 
 @contextlib.contextmanager
@@ -461,10 +461,11 @@ def snapshot_save(cli: Cli) -> None:
 main.add_command(operator)
 
 from node.cli_agent import agent, dev, leave  # noqa: E402  (process commands)
+from node.cli_jobs import job, run, task  # noqa: E402  (work commands)
 
+main.add_command(job)
+main.add_command(task)
+main.add_command(run)
 main.add_command(agent)
 main.add_command(dev)
 main.add_command(leave)
-
-if __name__ == "__main__":  # ``python -m node.cli``, as node/devcluster.py runs agents
-    main()

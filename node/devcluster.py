@@ -112,7 +112,7 @@ class LocalCluster:
         return [
             sys.executable,
             "-m",
-            "node.cli",
+            "node",
             "agent",
             "--node-id",
             node.name,

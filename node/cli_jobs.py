@@ -1,0 +1,213 @@
+"""The work commands of the CLI: ``rota job``, ``rota task`` and ``rota run``.
+
+Each is a thin call of the HTTP API (SPEC "CLI") through ``node.cli.Cli``, so errors,
+``--address``, ``--token`` and ``-o table|json`` behave as everywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from typing import Any
+
+import click
+
+from node.cli import Cli, pass_cli, render_table
+
+RUN_COLUMNS = ["ID", "JOB", "ATTEMPT", "STATE", "NODE", "SCHEDULED", "EXIT"]
+
+
+def _run_row(r: dict[str, Any]) -> list[object]:
+    return [
+        r["id"],
+        r["job_id"] or "-",
+        r["attempt"],
+        r["state"],
+        r["node"] or "-",
+        r["scheduled_at"],
+        "-" if r["exit_code"] is None else r["exit_code"],
+    ]
+
+
+def _runs_table(runs: list[dict[str, Any]]) -> str:
+    return render_table(RUN_COLUMNS, [_run_row(r) for r in runs])
+
+
+def _job_table(jobs: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            j["id"],
+            j["namespace"],
+            j["name"],
+            json.dumps(j["schedule"]),
+            j["paused"],
+            j["next_fire_at"] or "-",
+        ]
+        for j in jobs
+    ]
+    return render_table(["ID", "NAMESPACE", "NAME", "SCHEDULE", "PAUSED", "NEXT"], rows)
+
+
+def _body(text: str) -> dict[str, Any]:
+    try:
+        body = json.loads(text)
+    except ValueError as e:
+        raise click.BadParameter(f"not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise click.BadParameter("must be a JSON object")
+    return body
+
+
+@click.group()
+def job() -> None:
+    """Scheduled jobs."""
+
+
+@job.command("add")
+@click.option("--name", required=True)
+@click.option("--cron", help="cron expression (5 or 6 fields, or @hourly ...)")
+@click.option("--tz", default="UTC", show_default=True)
+@click.option("--every", "every_s", type=int, help="fixed interval in seconds")
+@click.option("--shell", "command", help="shell command run by /bin/sh -c")
+@click.option("--json", "raw", help="the whole job as JSON instead of the options above")
+@pass_cli
+def job_add(
+    cli: Cli,
+    name: str,
+    cron: str | None,
+    tz: str,
+    every_s: int | None,
+    command: str | None,
+    raw: str | None,
+) -> None:
+    """Add a job, e.g. rota job add --name backup --cron '0 3 * * *' --shell 'run-backup'."""
+    if raw is not None:
+        body = _body(raw)
+        body.setdefault("name", name)
+    else:
+        if (cron is None) == (every_s is None):
+            raise click.UsageError("give exactly one of --cron or --every (or --json)")
+        if command is None:
+            raise click.UsageError("--shell is required (or --json)")
+        schedule: dict[str, Any] = {"cron": cron, "tz": tz} if cron else {"every_s": every_s}
+        body = {
+            "name": name,
+            "schedule": schedule,
+            "executor": {"type": "shell", "command": ["/bin/sh", "-c", command]},
+        }
+    created = cli.call("POST", "/api/v1/jobs", body)
+    cli.emit(created, lambda: _job_table([created]))
+
+
+@job.command("list")
+@click.option("--namespace")
+@pass_cli
+def job_list(cli: Cli, namespace: str | None) -> None:
+    query = f"?namespace={urllib.parse.quote(namespace)}" if namespace else ""
+    page = cli.call("GET", f"/api/v1/jobs{query}")
+    cli.emit(page, lambda: _job_table(page["items"]))
+
+
+@job.command("show")
+@click.argument("job_id")
+@pass_cli
+def job_show(cli: Cli, job_id: str) -> None:
+    found = cli.call("GET", f"/api/v1/jobs/{urllib.parse.quote(job_id)}")
+    cli.emit(found, lambda: json.dumps(found, indent=2))
+
+
+@job.command("rm")
+@click.argument("job_id")
+@pass_cli
+def job_rm(cli: Cli, job_id: str) -> None:
+    cli.call("DELETE", f"/api/v1/jobs/{urllib.parse.quote(job_id)}")
+    cli.emit({"deleted": job_id}, lambda: f"deleted {job_id}")
+
+
+def _job_action(action: str) -> click.Command:
+    @click.command(action, help=f"{action.capitalize()} a job.")
+    @click.argument("job_id")
+    @pass_cli
+    def command(cli: Cli, job_id: str) -> None:
+        result = cli.call("POST", f"/api/v1/jobs/{urllib.parse.quote(job_id)}/{action}")
+        cli.emit(result, lambda: json.dumps(result, indent=2))
+
+    return command
+
+
+for _action in ("trigger", "pause", "resume"):
+    job.add_command(_job_action(_action))
+
+
+@job.command("next")
+@click.argument("job_id")
+@click.option("--count", default=5, show_default=True, type=click.IntRange(1, 100))
+@pass_cli
+def job_next(cli: Cli, job_id: str, count: int) -> None:
+    """Preview the next fire times."""
+    found = cli.call("GET", f"/api/v1/jobs/{urllib.parse.quote(job_id)}/next?count={count}")
+    cli.emit(found, lambda: "\n".join(found["next"]))
+
+
+@click.group()
+def task() -> None:
+    """Ad-hoc tasks."""
+
+
+@task.command("submit")
+@click.option("--shell", "command", help="shell command run by /bin/sh -c")
+@click.option("--json", "raw", help="the whole task as JSON")
+@pass_cli
+def task_submit(cli: Cli, command: str | None, raw: str | None) -> None:
+    if (command is None) == (raw is None):
+        raise click.UsageError("give exactly one of --shell or --json")
+    body: dict[str, object] = (
+        _body(raw)
+        if raw is not None
+        else {"executor": {"type": "shell", "command": ["/bin/sh", "-c", command or ""]}}
+    )
+    run = cli.call("POST", "/api/v1/tasks", body)
+    cli.emit(run, lambda: _runs_table([run]))
+
+
+@click.group()
+def run() -> None:
+    """Runs of jobs and tasks."""
+
+
+@run.command("list")
+@click.option("--state")
+@click.option("--job", "job_id")
+@click.option("--node")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 500))
+@pass_cli
+def run_list(cli: Cli, state: str | None, job_id: str | None, node: str | None, limit: int) -> None:
+    query = {"state": state, "job_id": job_id, "node": node, "limit": str(limit)}
+    text = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+    page = cli.call("GET", f"/api/v1/runs?{text}")
+    cli.emit(page, lambda: _runs_table(page["items"]))
+
+
+@run.command("show")
+@click.argument("run_id")
+@pass_cli
+def run_show(cli: Cli, run_id: str) -> None:
+    found = cli.call("GET", f"/api/v1/runs/{urllib.parse.quote(run_id)}")
+    cli.emit(found, lambda: json.dumps(found, indent=2))
+
+
+@run.command("cancel")
+@click.argument("run_id")
+@pass_cli
+def run_cancel(cli: Cli, run_id: str) -> None:
+    found = cli.call("POST", f"/api/v1/runs/{urllib.parse.quote(run_id)}/cancel")
+    cli.emit(found, lambda: _runs_table([found]))
+
+
+@run.command("logs")
+@click.argument("run_id")
+@pass_cli
+def run_logs(cli: Cli, run_id: str) -> None:
+    """The output tail kept in the run record (live streaming is not served yet)."""
+    found = cli.call("GET", f"/api/v1/runs/{urllib.parse.quote(run_id)}")
+    cli.emit({"output_tail": found["output_tail"]}, lambda: found["output_tail"])
