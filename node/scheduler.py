@@ -38,7 +38,7 @@ from node.commands import (
 from node.driver import Committed, Outcome
 from node.executors import Executors, RunContext
 from node.model import Run
-from node.planner import NodeLoad, due_fires, lost_nodes, placements, timeouts
+from node.planner import NodeLoad, due_fires, lost_nodes, node_tags, placements, timeouts
 from node.state import SchedulerState
 from storage.log import LmdbLogStorage
 from storage.tables import Table, key_successor
@@ -151,7 +151,7 @@ class SchedulerService:
     def plan(self, now: int) -> list[Command]:
         state = self.sm.state
         loads = [
-            NodeLoad(node, max(0, self.slots - state.running_count(node)), _tags(tags))
+            NodeLoad(node, max(0, self.slots - state.running_count(node)), node_tags(tags))
             for node, tags in self.live_nodes()
         ]
         cmds: list[Command] = []
@@ -263,14 +263,6 @@ class _RunSink:
 
 def _accepted(outcome: Outcome) -> bool:
     return isinstance(outcome, Committed) and isinstance(decode_result(outcome.result), Ok)
-
-
-def _tags(gossiped: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for tag in gossiped:
-        key, _, value = tag.partition("=")
-        out[key] = value
-    return out
 
 
 def _executor_json(run: Run) -> dict[str, object]:
