@@ -34,6 +34,7 @@ from node.gossip import GossipService
 from node.jobs import JobsService
 from node.metrics import Metrics
 from node.peerauth import Authenticator, HmacAuthenticator, TlsAuthenticator
+from node.queries import queue_depths
 from node.scheduler import OutputBuffer, SchedulerService, SchedulerStateMachine
 from node.service import NodeService
 from node.transport import PeerTransport, TransportLimits
@@ -187,6 +188,11 @@ class Agent:
             state = "dead" if member.state is MemberState.LEFT else member.state.value
             counts[state] = counts.get(state, 0) + 1
         m.set_members(counts)
+        state = self.scheduler.sm.state
+        mine = queue_depths(state).get(self.cfg.node_id, {})
+        for priority in range(10):
+            m.set_queue_depth(priority, mine.get(priority, 0))
+        m.runs_running.set(state.running_count(self.cfg.node_id))
 
     # --------------------------------------------------------------- shutdown
     async def watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
@@ -288,6 +294,7 @@ def build_agent(cfg: NodeConfig) -> Agent:
         gone_nodes=lambda: agent_box[0].gone_nodes(),
         executors=default_executors(),
         output=output.write,
+        on_finished=metrics.run_finished,
     )
     jobs = JobsService(sm, service.propose, driver.read_barrier)
     agent = Agent(cfg, store, transport, driver, gossip, service, metrics, scheduler, jobs, output)

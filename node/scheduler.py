@@ -121,6 +121,7 @@ class SchedulerService:
     executors: Executors
     output: Callable[[str, bytes], None]
     slots: int = WORKER_SLOTS_DEFAULT
+    on_finished: Callable[[str], None] | None = None  # outcome of a run this node ran
     changed: trio.Event = field(default_factory=trio.Event)
     running: dict[str, trio.CancelScope] = field(default_factory=dict)
 
@@ -216,6 +217,8 @@ class SchedulerService:
             outcome = await self.submit(done)
         if not _accepted(outcome):
             log.info("completion of %s not accepted: %s", run.id, outcome)
+        elif self.on_finished is not None:
+            self.on_finished(state)
 
 
 @dataclass
