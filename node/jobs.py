@@ -22,6 +22,7 @@ from node.checks import ValidationError
 from node.commands import (
     CancelRun,
     Command,
+    CommandTooLarge,
     CreateJob,
     DeleteJob,
     Ok,
@@ -47,6 +48,7 @@ from web.port import Conflict, Invalid, NotFound, PortError, Unavailable
 READ_TIMEOUT_S = 5.0
 PROPOSE_TIMEOUT_S = 10.0
 NEXT_COUNT_MAX = 100
+TASKS_PER_BATCH_MAX = 1000
 
 
 class JobsService:
@@ -155,6 +157,27 @@ class JobsService:
         key = _validated(lambda: idempotency_key_from_header(idempotency_key))
         ok = await self._write(SubmitTasks((spec,), (key,), now_ms()))
         return self._run(ok.ids[0])
+
+    async def submit_tasks(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /tasks:batch``: ``{"tasks": [task, ...]}``, committed as one entry."""
+        tasks = body.get("tasks")
+        if set(body) - {"tasks"}:
+            raise Invalid("unknown field (allowed: tasks)", sorted(set(body) - {"tasks"})[0])
+        if not isinstance(tasks, list) or not 1 <= len(tasks) <= TASKS_PER_BATCH_MAX:
+            raise Invalid(f"must be a list of 1 to {TASKS_PER_BATCH_MAX} tasks", "tasks")
+        specs = []
+        for i, item in enumerate(tasks):
+            try:
+                specs.append(task_spec_from_json(item, handlers=self.handlers))
+            except ValidationError as e:
+                raise Invalid(
+                    e.message, f"tasks[{i}].{e.field}" if e.field else f"tasks[{i}]"
+                ) from e
+        try:
+            ok = await self._write(SubmitTasks(tuple(specs), (None,) * len(specs), now_ms()))
+        except CommandTooLarge as e:
+            raise Invalid(f"{e}; send fewer tasks per batch", "tasks") from e
+        return {"items": [self._run(run_id) for run_id in ok.ids]}
 
     async def list_runs(
         self, query: Mapping[str, str], job_id: str | None, stale: bool

@@ -435,6 +435,10 @@ async def submit_task() -> ResponseReturnValue:
     return await _scheduler().submit_task(await _read_json_body(), key), 201
 
 
+async def submit_tasks() -> ResponseReturnValue:
+    return await _scheduler().submit_tasks(await _read_json_body()), 201
+
+
 async def list_runs() -> ResponseReturnValue:
     return await _scheduler().list_runs(_query(), None, _stale())
 
@@ -471,6 +475,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/v1/jobs/<job_id>/next", ("GET",), Role.VIEWER, next_fires, _READ | {"count"}),
     Route("/api/v1/jobs/<job_id>/runs", ("GET",), Role.VIEWER, list_job_runs, _PAGE),
     Route("/api/v1/tasks", ("POST",), Role.OPERATOR, submit_task),
+    Route("/api/v1/tasks:batch", ("POST",), Role.OPERATOR, submit_tasks),
     Route("/api/v1/runs", ("GET",), Role.VIEWER, list_runs, _PAGE | {"state", "job_id", "node"}),
     Route("/api/v1/runs/<run_id>", ("GET",), Role.VIEWER, get_run, _READ),
     Route("/api/v1/runs/<run_id>/cancel", ("POST",), Role.OPERATOR, cancel_run),

@@ -230,6 +230,10 @@ class SchedulerPort(Protocol):
         self, body: dict[str, Any], idempotency_key: str | None
     ) -> dict[str, Any]: ...
 
+    async def submit_tasks(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``{"tasks": [...]}``: all committed together, or none."""
+        ...
+
     async def list_runs(
         self, query: Mapping[str, str], job_id: str | None, stale: bool
     ) -> dict[str, Any]: ...

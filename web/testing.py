@@ -176,6 +176,9 @@ class FakeSchedulerPort:
     ) -> dict[str, Any]:
         return self._record("submit_task", (body, idempotency_key))
 
+    async def submit_tasks(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._record("submit_tasks", body)
+
     async def list_runs(
         self, query: Mapping[str, str], job_id: str | None, stale: bool
     ) -> dict[str, Any]:
