@@ -30,6 +30,7 @@ from node.commands import (
     SetPaused,
     SubmitTasks,
     TriggerJob,
+    UpdateJob,
     decode_result,
     encode_command,
 )
@@ -37,6 +38,7 @@ from node.driver import Committed, NotCommitted, Outcome
 from node.modeljson import (
     idempotency_key_from_header,
     job_spec_from_json,
+    job_spec_from_patch,
     job_to_json,
     run_to_json,
     task_spec_from_json,
@@ -120,6 +122,31 @@ class JobsService:
 
     async def get_job(self, job_id: str, stale: bool) -> dict[str, Any]:
         await self._read(stale)
+        return self._job(job_id)
+
+    async def update_job(
+        self, job_id: str, body: dict[str, Any], if_match: str | None, patch: bool
+    ) -> dict[str, Any]:
+        """PUT (replace) or PATCH (merge) a job; compare-and-set on ``version``: the
+        ``If-Match`` value when given, else the version this node last applied."""
+        await self._read(stale=False)
+        job = self.sm.state.job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        expected = job.version
+        if if_match is not None:
+            text = if_match.strip().strip('"')
+            if not text.isdigit():
+                raise Invalid("must be the job's version number", "If-Match")
+            expected = int(text)
+        now = now_ms()
+        if patch:
+            spec = _validated(
+                lambda: job_spec_from_patch(job, body, handlers=self.handlers, now_ms=now)
+            )
+        else:
+            spec = _validated(lambda: job_spec_from_json(body, handlers=self.handlers, now_ms=now))
+        await self._write(UpdateJob(job_id, spec, expected, now))
         return self._job(job_id)
 
     async def delete_job(self, job_id: str) -> None:

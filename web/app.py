@@ -398,6 +398,16 @@ async def get_job(job_id: str) -> ResponseReturnValue:
     return await _scheduler().get_job(job_id, _stale())
 
 
+async def replace_job(job_id: str) -> ResponseReturnValue:
+    body = await _read_json_body()
+    return await _scheduler().update_job(job_id, body, request.headers.get("If-Match"), False)
+
+
+async def patch_job(job_id: str) -> ResponseReturnValue:
+    body = await _read_json_body()
+    return await _scheduler().update_job(job_id, body, request.headers.get("If-Match"), True)
+
+
 async def delete_job(job_id: str) -> ResponseReturnValue:
     await _read_json_object({})
     await _scheduler().delete_job(job_id)
@@ -468,6 +478,8 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/v1/jobs", ("POST",), Role.OPERATOR, create_job),
     Route("/api/v1/jobs", ("GET",), Role.VIEWER, list_jobs, _PAGE | {"namespace", "name_prefix"}),
     Route("/api/v1/jobs/<job_id>", ("GET",), Role.VIEWER, get_job, _READ),
+    Route("/api/v1/jobs/<job_id>", ("PUT",), Role.OPERATOR, replace_job),
+    Route("/api/v1/jobs/<job_id>", ("PATCH",), Role.OPERATOR, patch_job),
     Route("/api/v1/jobs/<job_id>", ("DELETE",), Role.OPERATOR, delete_job),
     Route("/api/v1/jobs/<job_id>/trigger", ("POST",), Role.OPERATOR, trigger_job),
     Route("/api/v1/jobs/<job_id>/pause", ("POST",), Role.OPERATOR, pause_job),

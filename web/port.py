@@ -218,6 +218,12 @@ class SchedulerPort(Protocol):
 
     async def get_job(self, job_id: str, stale: bool) -> dict[str, Any]: ...
 
+    async def update_job(
+        self, job_id: str, body: dict[str, Any], if_match: str | None, patch: bool
+    ) -> dict[str, Any]:
+        """PUT (``patch=False``) or PATCH; ``Conflict`` when the version moved on."""
+        ...
+
     async def delete_job(self, job_id: str) -> None: ...
 
     async def job_action(self, job_id: str, action: str) -> dict[str, Any]:

@@ -162,6 +162,11 @@ class FakeSchedulerPort:
     async def get_job(self, job_id: str, stale: bool) -> dict[str, Any]:
         return self._record("get_job", job_id)
 
+    async def update_job(
+        self, job_id: str, body: dict[str, Any], if_match: str | None, patch: bool
+    ) -> dict[str, Any]:
+        return self._record("update_job", (job_id, body, if_match, patch))
+
     async def delete_job(self, job_id: str) -> None:
         self._record("delete_job", job_id)
 

@@ -12,7 +12,7 @@ from node.driver import Committed, Outcome
 from node.jobs import JobsService
 from node.scheduler import SchedulerStateMachine
 from storage.log import LmdbLogStorage
-from web.port import Invalid, NotFound
+from web.port import Conflict, Invalid, NotFound
 
 SHELL = {"type": "shell", "command": ["/bin/true"]}
 
@@ -74,3 +74,19 @@ async def test_a_batch_commits_all_tasks_in_one_entry(node: OneNode) -> None:
     assert node.index == 1
     runs = await node.jobs.list_runs({"state": "queued"}, None, stale=False)
     assert len(runs["items"]) == 3
+
+
+async def test_updates_are_compare_and_set_on_the_version(node: OneNode) -> None:
+    job = await node.jobs.create_job({"name": "c", "schedule": {"every_s": 60}, "executor": SHELL})
+    patched = await node.jobs.update_job(job["id"], {"priority": 9}, None, patch=True)
+    assert patched["priority"] == 9 and patched["version"] == job["version"] + 1
+    with pytest.raises(Conflict):
+        await node.jobs.update_job(job["id"], {"priority": 1}, str(job["version"]), patch=True)
+    replaced = await node.jobs.update_job(
+        job["id"],
+        {"name": "c", "schedule": {"every_s": 30}, "executor": SHELL},
+        str(patched["version"]),
+        patch=False,
+    )
+    assert replaced["schedule"]["every_s"] == 30
+    assert replaced["priority"] == 5  # PUT replaces: back to the default

@@ -38,6 +38,8 @@ PROTECTED: list[tuple[str, str, str, dict[str, object] | None, Role]] = [
     ("POST", "/api/v1/jobs", "/api/v1/jobs", {"name": "x"}, Role.OPERATOR),
     ("GET", "/api/v1/jobs", "/api/v1/jobs", None, Role.VIEWER),
     ("GET", "/api/v1/jobs/<job_id>", "/api/v1/jobs/j1", None, Role.VIEWER),
+    ("PUT", "/api/v1/jobs/<job_id>", "/api/v1/jobs/j1", {"name": "x"}, Role.OPERATOR),
+    ("PATCH", "/api/v1/jobs/<job_id>", "/api/v1/jobs/j1", {"paused": True}, Role.OPERATOR),
     ("DELETE", "/api/v1/jobs/<job_id>", "/api/v1/jobs/j1", None, Role.OPERATOR),
     ("POST", "/api/v1/jobs/<job_id>/trigger", "/api/v1/jobs/j1/trigger", None, Role.OPERATOR),
     ("POST", "/api/v1/jobs/<job_id>/pause", "/api/v1/jobs/j1/pause", None, Role.OPERATOR),
