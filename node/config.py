@@ -270,6 +270,7 @@ class NodeConfig:
     metrics_public: bool = field(default=False, metadata=_m(BOOL))  # /metrics without a token
     # Testing: the authenticated fault-injection control on the transport.
     fault_injection: bool = field(default=False, metadata=_m(BOOL))
+    worker_slots: int = field(default=4, metadata=_m(_int(0, 1024)))  # runs executed at once
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -295,6 +295,7 @@ def build_agent(cfg: NodeConfig) -> Agent:
         executors=default_executors(),
         output=output.write,
         on_finished=metrics.run_finished,
+        slots=cfg.worker_slots,
     )
     jobs = JobsService(sm, service.propose, driver.read_barrier)
     agent = Agent(cfg, store, transport, driver, gossip, service, metrics, scheduler, jobs, output)

@@ -218,3 +218,11 @@ def test_tick_ms_accepts_exactly_its_bounds(tick_ms: int) -> None:
     else:
         with pytest.raises(ConfigError, match=r"^tick_ms: "):
             load_config(None, {"ROTA_TICK_MS": str(tick_ms)}, {})
+
+
+def test_worker_slots_come_from_config_and_are_bounded() -> None:
+    from node.config import ConfigError, load_config
+
+    assert load_config(None, {"ROTA_WORKER_SLOTS": "8"}, {}).worker_slots == 8
+    with pytest.raises(ConfigError, match="worker_slots"):
+        load_config(None, {}, {"worker_slots": "5000"})
