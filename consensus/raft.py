@@ -208,6 +208,12 @@ class Raft:
     def is_voter(self) -> bool:
         return self.id in self.conf().voters
 
+    def may_campaign(self) -> bool:
+        """A voter in the latest configuration, or in the committed one while a change
+        that removes us is still uncommitted (thesis §4.2.2): a removed leader that
+        stepped down before its removal committed may hold the only complete log."""
+        return self.is_voter() or self.id in self.conf_at(self.log.committed).voters
+
     def status(self) -> Status:
         learners = self.conf().learners
         peers = {
@@ -303,7 +309,7 @@ class Raft:
         self.election_elapsed += 1
         if self.election_elapsed >= self.randomized_timeout:
             self.election_elapsed = 0
-            if self.is_voter():
+            if self.may_campaign():
                 self.campaign()
 
     def _tick_leader(self) -> None:
@@ -329,7 +335,7 @@ class Raft:
     # =============================================================== elections
     def campaign(self, transfer: bool = False) -> None:
         """Start an election now (a pre-vote round first unless this is a transfer)."""
-        if self.role is Role.LEADER or not self.is_voter():
+        if self.role is Role.LEADER or not self.may_campaign():
             return
         self._campaign(pre=self.cfg.pre_vote and not transfer, transfer=transfer)
 

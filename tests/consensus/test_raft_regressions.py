@@ -96,3 +96,20 @@ def test_snapshot_window_holds_when_the_follower_restarts_mid_transfer() -> None
     assert net.applied_index["c"] == 7
     assert window <= 2
     assert chunks_sent <= 12  # 2 before the crash, 2 lost, the image once more, slack
+
+
+def test_a_leader_whose_own_removal_is_uncommitted_may_still_campaign() -> None:
+    """Thesis §4.2.2: while the change removing it is uncommitted, a server that stepped
+    down (here on CheckQuorum) keeps campaigning; it may hold the only complete log
+    (simulator seed 4911 found the cluster without a leader otherwise)."""
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.isolate("a")
+    net.nodes["a"].propose_conf_change(ConfChange(ConfChangeOp.REMOVE, "a"))
+    a = net.nodes["a"]
+    roles = set()
+    for _ in range(80):  # CheckQuorum steps it down, then its election timer runs out
+        net.tick(1, only=["a"])
+        roles.add(a.role)
+    assert "a" not in a.conf().voters
+    assert Role.FOLLOWER in roles and Role.PRE_CANDIDATE in roles
