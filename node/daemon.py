@@ -101,7 +101,7 @@ class Agent:
     def live_nodes(self) -> list[tuple[NodeId, tuple[str, ...]]]:
         """Raft members gossip holds alive (this node included), with their tags."""
         members = self.driver.raft.conf().members()
-        out = [(self.cfg.node_id, self.meta().tags)] if self.cfg.node_id in members else []
+        out = [(self.cfg.node_id, self.gossip_tags())] if self.cfg.node_id in members else []
         for m in self.gossip.members():
             if m.id != self.cfg.node_id and m.id in members and m.state is MemberState.ALIVE:
                 out.append((m.id, m.meta.tags))
@@ -112,10 +112,13 @@ class Agent:
         now = trio.current_time()
         return [n for n, since in self.down_since.items() if now - since >= self.cfg.voter_grace_s]
 
+    def gossip_tags(self) -> tuple[str, ...]:
+        """This node's tags as gossip carries them (``key=value``, at most 8)."""
+        return tuple(f"{k}={v}" for k, v in sorted(self.cfg.tags.items()))[:8]
+
     def meta(self) -> NodeMeta:
         raft = self.driver.raft
         role = "learner" if self.cfg.node_id in raft.conf().learners else raft.role.value
-        tags = tuple(f"{k}={v}" for k, v in sorted(self.cfg.tags.items()))[:8]
         state = self.scheduler.sm.state
         running = state.running_count(self.cfg.node_id)
         return NodeMeta(
@@ -124,7 +127,7 @@ class Agent:
             queue_depth=min(state.queued_count(self.cfg.node_id), 1_000_000),
             api_address=format_host_port(self.advertise_host(), self.cfg.http_port),
             role=role[:32],
-            tags=tags,
+            tags=self.gossip_tags(),
             version=VERSION,
             raft_address=format_host_port(self.advertise_host(), self.cfg.raft_port),
             applied_index=raft.applied_index,
