@@ -12,15 +12,23 @@ Kinds (SPEC "Jobs"):
 ``jitter_s`` (cron and every) delays a slot's firing by a deterministic amount in
 ``[0, jitter_s)`` derived from the job id and the slot; the slot itself (the run's
 ``scheduled_at``) is unchanged, so deduplication stays exact.
+
+Time zones come from the pinned ``tzdata`` package only, never from the host's
+``/usr/share/zoneinfo``: every replica computes the same cron slots whatever the
+machine's own zone files say (their version is ``TZDATA_VERSION``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.resources
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import tzdata  # type: ignore[import-untyped]
 from croniter import croniter
 
 EPOCH_MS_MAX = 253_402_300_799_000  # 9999-12-31T23:59:59Z
@@ -29,6 +37,8 @@ JITTER_S_MAX = 3600
 EVERY_S_MIN = 1
 EVERY_S_MAX = 366 * 24 * 3600
 CRON_SEARCH_SLOTS_MAX = 1000  # bound on skipped duplicates while searching
+TZDATA_VERSION: str = tzdata.IANA_VERSION
+_ZONE_NAME_RE = re.compile(r"[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+){0,3}")
 
 
 class ScheduleError(ValueError):
@@ -75,9 +85,23 @@ def _zone(name: object) -> ZoneInfo:
     if not isinstance(name, str) or not name or len(name) > 64:
         raise ScheduleError("schedule.tz", f"must be an IANA time zone name, got {name!r}")
     try:
-        return ZoneInfo(name)
+        return load_zone(name)
     except (ZoneInfoNotFoundError, ValueError) as e:
         raise ScheduleError("schedule.tz", f"unknown time zone {name!r}") from e
+
+
+@functools.lru_cache(maxsize=512)
+def load_zone(name: str) -> ZoneInfo:
+    """The zone ``name`` from the pinned ``tzdata`` package (cached; the set of zone
+    names is finite). Raises ``ZoneInfoNotFoundError`` for an unknown name."""
+    if _ZONE_NAME_RE.fullmatch(name) is None:
+        raise ZoneInfoNotFoundError(name)
+    resource = importlib.resources.files("tzdata.zoneinfo").joinpath(name)
+    try:
+        with resource.open("rb") as f:
+            return ZoneInfo.from_file(f, key=name)
+    except (OSError, ValueError) as e:  # missing, a directory, or not a TZif file
+        raise ZoneInfoNotFoundError(name) from e
 
 
 def _parse_rfc3339_ms(text: object) -> int:
@@ -157,7 +181,7 @@ def _is_second_occurrence(dt: datetime) -> bool:
 
 
 def _next_cron_ms(s: CronSchedule, after_ms: int) -> int | None:
-    zone = ZoneInfo(s.tz)
+    zone = load_zone(s.tz)
     start = datetime.fromtimestamp(after_ms / 1000, tz=UTC).astimezone(zone)
     six = len(s.cron.split()) == 6
     it = croniter(s.cron, start, second_at_beginning=six)

@@ -153,3 +153,28 @@ def test_slots_between_is_bounded_and_half_open() -> None:
 def test_format_ms_is_rfc3339_utc() -> None:
     assert format_ms(0) == "1970-01-01T00:00:00Z"
     assert format_ms(1_500) == "1970-01-01T00:00:01.500Z"
+
+
+def test_zones_come_from_the_pinned_tzdata_package_not_the_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import zoneinfo
+
+    from node.schedule import TZDATA_VERSION, load_zone
+
+    load_zone.cache_clear()
+    monkeypatch.setattr(zoneinfo, "TZPATH", ())  # no host zone files at all
+    zone = load_zone("Europe/Berlin")
+    assert zone.key == "Europe/Berlin"
+    summer = datetime(2026, 7, 1, 12, tzinfo=zone)
+    assert summer.utcoffset() is not None and summer.utcoffset().total_seconds() == 7200  # type: ignore[union-attr]
+    assert len(TZDATA_VERSION) >= 5 and TZDATA_VERSION[:4].isdigit()
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "Europe", "Mars/Olympus", "", "a//b"])
+def test_unknown_or_malformed_zone_names_are_rejected(name: str) -> None:
+    from node.schedule import ScheduleError, parse_schedule
+
+    with pytest.raises(ScheduleError) as e:
+        parse_schedule({"cron": "* * * * *", "tz": name}, 0)
+    assert e.value.field == "schedule.tz"
