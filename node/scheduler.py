@@ -40,6 +40,7 @@ from node.executors import Executors, RunContext
 from node.model import Run
 from node.planner import NodeLoad, due_fires, lost_nodes, node_tags, placements, timeouts
 from node.state import SchedulerState
+from node.statetables import Change
 from storage.log import LmdbLogStorage
 from storage.tables import Table, key_successor
 
@@ -66,7 +67,10 @@ class SchedulerStateMachine:
     def __init__(self, store: LmdbLogStorage) -> None:
         self.store = store
         self.state = self._load()
-        self.listeners: list[Callable[[], None]] = []
+        # Called after each applied batch with its last index and the records it
+        # changed (``node.statetables.Change``), from the driver's loop task; a
+        # listener must be quick and must not raise.
+        self.listeners: list[Callable[[int, Sequence[Change]], None]] = []
 
     def _load(self) -> SchedulerState:
         records: list[tuple[str, bytes, bytes]] = []
@@ -95,10 +99,11 @@ class SchedulerStateMachine:
                 results.append(encode_result(Rejected("invalid", f"undecodable command: {err}")))
                 continue
             results.append(encode_result(self.state.apply(cmd, e.index)))
-        writes = [(Table(t), k, v) for t, k, v in self.state.drain_changes()]
+        changes = self.state.drain_changes()
+        writes = [(Table(t), k, v) for t, k, v in changes]
         last = entries[-1].index
         for notify in self.listeners:
-            notify()
+            notify(last, changes)
         return results, lambda: self.store.apply(writes, last)
 
     def create_snapshot(self, index: int, term: int, conf: ConfState) -> Snapshot:
@@ -128,7 +133,10 @@ class SchedulerService:
     def __post_init__(self) -> None:
         self.sm.listeners.append(self._on_apply)
 
-    def _on_apply(self) -> None:
+    def _on_apply(self, index: int, changes: Sequence[Change]) -> None:
+        self._wake()
+
+    def _wake(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
 
@@ -197,7 +205,7 @@ class SchedulerService:
                 await self._run_and_report(started)
         finally:
             self.running.pop(run.id, None)
-            self._on_apply()
+            self._wake()
 
     async def _run_and_report(self, run: Run) -> None:
         ctx = RunContext(
