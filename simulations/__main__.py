@@ -23,9 +23,9 @@ def run_one(args: tuple[int, frozenset[str]]) -> tuple[int, str | None, str]:
     world = World(seed, bugs)
     try:
         world.run()
-        return seed, None, world.mix.describe()
+        return seed, None, world.describe_faults()
     except (Violation, AssertionError) as e:
-        return seed, f"{type(e).__name__}: {e}", world.mix.describe()
+        return seed, f"{type(e).__name__}: {e}", world.describe_faults()
 
 
 def parse_range(text: str) -> range:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.trace:
         for seed in seeds:
             world = World(seed, bugs, trace=True)
-            print(f"seed {seed}: faults {world.mix.describe()}")
+            print(f"seed {seed}: faults {world.describe_faults()}")
             try:
                 print(f"trace hash {world.run()}")
             except (Violation, AssertionError) as e:

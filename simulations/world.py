@@ -14,6 +14,14 @@ Rules:
   lost and nothing after it happens), pauses, and clock drift and jumps.
 - After the fault phase a liveness phase heals everything for the current voters
   and requires a leader and new commits on every voter within a bound.
+
+Reuse: ``World`` is also the base of other simulations over the same Raft cluster
+(``simulations.sched_world``). What they change goes through the hooks below, each
+with a default that is this Raft-only simulation: ``_apply_entry`` (the state
+machine), ``_snapshot_data``/``_restore_data`` (its image), ``_on_tick`` (per-node
+work on its own clock), ``_propose_client`` (what a client asks the leader),
+``_live_progress``/``_liveness_failure`` (when a seed is done), ``describe_faults``.
+The defaults draw from the RNGs exactly as before, so raft seeds keep their hashes.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from consensus.types import (
     ConfChange,
     ConfChangeOp,
     ConfState,
+    Entry,
     EntryType,
     HardState,
     Message,
@@ -122,13 +131,17 @@ class SimNode:
 
 
 class World:
+    sim_bugs: frozenset[str] = SIM_BUGS  # planted bugs of the simulation, not of Raft
+    fault_phase_ms: int = FAULT_PHASE_MS
+    liveness_ms: int = LIVENESS_MS
+
     def __init__(self, seed: int, bugs: frozenset[str] = frozenset(), trace: bool = False) -> None:
         self.seed = seed
         self.rng = derive(seed, "world")
         self.net_rng = derive(seed, "net")
         self.load_rng = derive(seed, "load")
         self.mix = FaultMix.draw(derive(seed, "faults"))
-        self.core_bugs = frozenset(bugs) - SIM_BUGS
+        self.core_bugs = frozenset(bugs) - self.sim_bugs
         self.bugs = frozenset(bugs)
         self.trace_on = trace
         self.digest = hashlib.blake2b(digest_size=16)
@@ -181,11 +194,14 @@ class World:
         if self.trace_on:
             print(f"{self.now:>7} {text}")
 
+    def describe_faults(self) -> str:
+        return self.mix.describe()
+
     def run(self) -> str:
         """Run the seed; returns the trace hash or raises ``Violation``."""
         self._schedule_workload()
-        end = FAULT_PHASE_MS + LIVENESS_MS
-        self.at(FAULT_PHASE_MS, self._heal)
+        end = self.fault_phase_ms + self.liveness_ms
+        self.at(self.fault_phase_ms, self._heal)
         while self.heap:
             t, _, fn = heapq.heappop(self.heap)
             if t > end:
@@ -194,9 +210,12 @@ class World:
             fn()
             if self.healed and self._live_progress():
                 return self.digest.hexdigest()
-        raise Violation(
+        raise Violation(self._liveness_failure())
+
+    def _liveness_failure(self) -> str:
+        return (
             f"liveness: no leader committing {LIVENESS_PROPOSALS} new entries on every "
-            f"voter within {LIVENESS_MS} ms after healing"
+            f"voter within {self.liveness_ms} ms after healing"
         )
 
     # ------------------------------------------------------------------ nodes
@@ -210,7 +229,11 @@ class World:
                 node.raft.tick()
             self._process(node)
             self._maybe_snapshot(node)
+            self._on_tick(node)
         self.at(self.now + node.tick_ms, lambda: self._tick(node))
+
+    def _on_tick(self, node: SimNode) -> None:
+        """Hook: work a node does on its own clock after each tick (up, not paused)."""
 
     def _release_held(self, node: SimNode) -> None:
         held, node.held = node.held, []
@@ -255,13 +278,17 @@ class World:
             return
         for e in rd.committed_entries:
             self.checker.applied_entry(node.id, e)
-            if e.type is EntryType.NORMAL and e.data:
-                node.applied.append((e.index, e.term, e.data))
+            self._apply_entry(node, e)
             node.applied_index = e.index
         for rs in rd.read_states:
             asked_at = int.from_bytes(rs.ctx[:8], "big")
             self.checker.read_answered(node.id, rs.index, asked_at)
         raft.advance(rd)
+
+    def _apply_entry(self, node: SimNode, e: Entry) -> None:
+        """Hook: the state machine applies one committed entry (durably, with the index)."""
+        if e.type is EntryType.NORMAL and e.data:
+            node.applied.append((e.index, e.term, e.data))
 
     def _crash_point(self, node: SimNode, rd: Ready) -> bool:
         """A crash right after voting (and answering), restarting quickly: where a
@@ -275,11 +302,19 @@ class World:
         return False
 
     def _restore(self, node: SimNode, snap: Snapshot) -> None:
-        rows = json.loads(snap.data) if snap.data else []
-        node.applied = [(i, t, bytes.fromhex(d)) for i, t, d in rows]
+        self._restore_data(node, snap.data)
         node.applied_index = snap.meta.index
         self.checker.installed_snapshot(node.id, snap.meta.index, snap.meta.term)
         self.trace(f"{node.id} installs snapshot {snap.meta.index}/{snap.meta.term}")
+
+    def _restore_data(self, node: SimNode, data: bytes) -> None:
+        """Hook: replace the state machine with a snapshot's image."""
+        rows = json.loads(data) if data else []
+        node.applied = [(i, t, bytes.fromhex(d)) for i, t, d in rows]
+
+    def _snapshot_data(self, node: SimNode) -> bytes:
+        """Hook: the state machine's image at its applied index."""
+        return json.dumps([(i, t, d.hex()) for i, t, d in node.applied]).encode()
 
     def _maybe_snapshot(self, node: SimNode) -> None:
         if not self.mix.snapshots or node.rng.random() > 0.01:
@@ -288,7 +323,7 @@ class World:
         if index - node.storage.snapshot().meta.index < 8:
             return
         term = node.storage.term(index)
-        data = json.dumps([(i, t, d.hex()) for i, t, d in node.applied]).encode()
+        data = self._snapshot_data(node)
         node.storage.set_snapshot(
             Snapshot(SnapshotMeta(index, term, node.raft.conf_at(index)), data)
         )
@@ -316,7 +351,12 @@ class World:
 
     # ---------------------------------------------------------------- network
     def _send(self, m: Message) -> None:
-        link = (m.src, m.dst)
+        self._transmit(m.src, m.dst, lambda: self._deliver(m))
+
+    def _transmit(self, src: NodeId, dst: NodeId, deliver: Callable[[], None]) -> None:
+        """Carry something from ``src`` to ``dst`` through the faulty network: cut
+        links drop it, loss drops it, duplication delivers it twice, clogs delay it."""
+        link = (src, dst)
         if link in self.cut:
             return
         rng = self.net_rng
@@ -327,7 +367,7 @@ class World:
             delay = 1 + rng.uniform(0, self.mix.delay_ms_max)
             if link in self.clogged:
                 delay += rng.uniform(200, 2000)
-            self.at(self.now + delay, lambda: self._deliver(m))
+            self.at(self.now + delay, deliver)
 
     # --------------------------------------------------------------- workload
     def _schedule_workload(self) -> None:
@@ -367,11 +407,16 @@ class World:
                 raft.transfer_leadership(target)
                 self.trace(f"{leader.id} transfers to {target}")
             else:
-                self.proposed += 1
-                raft.propose(f"p{self.proposed}".encode())
+                self._propose_client(leader, rng)
         except (NotLeader, ProposalDropped, ConfChangeRefused):
             return
         self._process(leader)
+
+    def _propose_client(self, leader: SimNode, rng: random.Random) -> None:
+        """Hook: one client command proposed to the leader (may raise ``NotLeader`` or
+        ``ProposalDropped``)."""
+        self.proposed += 1
+        leader.raft.propose(f"p{self.proposed}".encode())
 
     def _membership_change(self, raft: Raft, rng: random.Random) -> ConfChange | None:
         conf = raft.conf()
@@ -399,8 +444,8 @@ class World:
         elif mix.partitions and roll < 0.45:
             self.cut.clear()
             side = set(rng.sample(ids, rng.randint(1, len(ids) // 2)))
-            for a in side:
-                for b in set(ids) - side:
+            for a in sorted(side):  # sorted: set order differs between processes
+                for b in sorted(set(ids) - side):
                     self.cut.add((a, b))
                     if not (mix.one_way and rng.random() < 0.5):
                         self.cut.add((b, a))
