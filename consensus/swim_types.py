@@ -27,7 +27,8 @@ Shapes (kind first):
     Dead    [2, node, incarnation, by]
     Left    [3, node, incarnation]
     meta    [raft_id, api_address, role, free_slots, queue_depth, [tag...], version,
-             raft_address, applied_index]
+             raft_address, applied_index, slots]   (a 9-field meta, from an older
+             node, is read with slots = 0)
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class NodeMeta:
     version: str = ""
     raft_address: str = ""  # host:port of the Raft transport
     applied_index: int = 0
+    slots: int = 0  # runs the node executes at once (its configured worker slots)
 
     def __post_init__(self) -> None:
         _check_text(self.raft_id, "raft_id", MAX_ID_BYTES)
@@ -103,6 +105,7 @@ class NodeMeta:
         _check_text(self.role, "role", MAX_LABEL_BYTES)
         _check_int(self.free_slots, "free_slots", MAX_COUNT)
         _check_int(self.queue_depth, "queue_depth", MAX_COUNT)
+        _check_int(self.slots, "slots", MAX_COUNT)
         if not isinstance(self.tags, tuple) or len(self.tags) > MAX_TAGS:
             raise ValueError(f"tags: expected a tuple of at most {MAX_TAGS}")
         for tag in self.tags:
@@ -258,6 +261,7 @@ def _encode_update(u: Update) -> list[object]:
                 m.version,
                 m.raft_address,
                 m.applied_index,
+                m.slots,
             ]
             return [0, node, inc, host, port, meta]
         case Suspect(node, inc, by):
@@ -335,11 +339,14 @@ def _decode_update(obj: object) -> Update:
 
 
 def _decode_meta(obj: object) -> NodeMeta:
-    if not isinstance(obj, list) or len(obj) != 9 or not isinstance(obj[5], list):
-        raise ValueError("meta: expected an array of 9 with an array of tags")
+    if not isinstance(obj, list) or len(obj) not in (9, 10) or not isinstance(obj[5], list):
+        raise ValueError("meta: expected an array of 9 or 10 with an array of tags")
     if len(obj[5]) > MAX_TAGS:
         raise ValueError(f"tags: more than {MAX_TAGS}")
-    return NodeMeta(obj[0], obj[1], obj[2], obj[3], obj[4], tuple(obj[5]), obj[6], obj[7], obj[8])
+    slots = obj[9] if len(obj) == 10 else 0
+    return NodeMeta(
+        obj[0], obj[1], obj[2], obj[3], obj[4], tuple(obj[5]), obj[6], obj[7], obj[8], slots
+    )
 
 
 # -------------------------------------------------------------------------- sizes
@@ -398,6 +405,7 @@ def _worst_case_bytes() -> int:
         label,
         "r" * MAX_RAFT_ADDRESS_BYTES,
         MAX_INCARNATION,
+        MAX_COUNT,
     )
     alive = Alive(big_id, MAX_INCARNATION, addr, meta)
     return message_bytes(PingReq(MAX_SEQ, big_id, big_id, addr, (alive,)))

@@ -271,6 +271,15 @@ class NodeConfig:
     # Testing: the authenticated fault-injection control on the transport.
     fault_injection: bool = field(default=False, metadata=_m(BOOL))
     worker_slots: int = field(default=4, metadata=_m(_int(0, 1024)))  # runs executed at once
+    # Runs the leader may queue on a node beyond its free slots, so a slot that frees
+    # starts the next run without a round trip to the leader.
+    worker_queue_max: int = field(default=8, metadata=_m(_int(0, 10_000)))
+    # Work stealing: an idle node takes queued runs from a node whose backlog (queued
+    # runs beyond its free slots) exceeds steal_threshold, at most steal_batch_max at a
+    # time (0 turns stealing off), looking at most every steal_interval_ms.
+    steal_threshold: int = field(default=0, metadata=_m(_int(0, 10_000)))
+    steal_batch_max: int = field(default=32, metadata=_m(_int(0, 1024)))
+    steal_interval_ms: int = field(default=200, metadata=_m(_int(10, 60_000)))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

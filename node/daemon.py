@@ -98,13 +98,15 @@ class Agent:
                 await self.autopilot()
             await trio.sleep(HOUSEKEEPING_INTERVAL_S)
 
-    def live_nodes(self) -> list[tuple[NodeId, tuple[str, ...]]]:
-        """Raft members gossip holds alive (this node included), with their tags."""
+    def live_nodes(self) -> list[tuple[NodeId, int, tuple[str, ...]]]:
+        """Raft members gossip holds alive (this node included), with their worker
+        slots and tags."""
         members = self.driver.raft.conf().members()
-        out = [(self.cfg.node_id, self.gossip_tags())] if self.cfg.node_id in members else []
+        me = self.cfg.node_id
+        out = [(me, self.cfg.worker_slots, self.gossip_tags())] if me in members else []
         for m in self.gossip.members():
-            if m.id != self.cfg.node_id and m.id in members and m.state is MemberState.ALIVE:
-                out.append((m.id, m.meta.tags))
+            if m.id != me and m.id in members and m.state is MemberState.ALIVE:
+                out.append((m.id, m.meta.slots, m.meta.tags))
         return out
 
     def gone_nodes(self) -> list[NodeId]:
@@ -131,6 +133,7 @@ class Agent:
             version=VERSION,
             raft_address=format_host_port(self.advertise_host(), self.cfg.raft_port),
             applied_index=raft.applied_index,
+            slots=self.cfg.worker_slots,
         )
 
     def advertise_host(self) -> str:
@@ -297,8 +300,12 @@ def build_agent(cfg: NodeConfig) -> Agent:
         gone_nodes=lambda: agent_box[0].gone_nodes(),
         executors=default_executors(),
         output=output.write,
-        on_finished=metrics.run_finished,
+        events=metrics,
         slots=cfg.worker_slots,
+        queue_max=cfg.worker_queue_max,
+        steal_threshold=cfg.steal_threshold,
+        steal_batch_max=cfg.steal_batch_max,
+        steal_interval_s=cfg.steal_interval_ms / 1000,
     )
     jobs = JobsService(sm, service.propose, driver.read_barrier)
     agent = Agent(cfg, store, transport, driver, gossip, service, metrics, scheduler, jobs, output)

@@ -195,7 +195,16 @@ class Metrics:
         assert outcome in PROPOSAL_OUTCOMES, outcome
         self._proposals.labels(outcome=outcome).inc()
 
-    # -- scheduler
+    # -- scheduler (``node.scheduler.SchedulerEvents``)
+
+    def fired(self, lateness_s: float) -> None:
+        """One slot fired by this node as leader, ``lateness_s`` after the slot."""
+        self.fires.inc()
+        self.fire_lateness.observe(max(0.0, lateness_s))
+
+    def run_started(self, delay_s: float) -> None:
+        """A run started on this node ``delay_s`` after it became ready."""
+        self.run_start_delay.observe(max(0.0, delay_s))
 
     def misfire(self, policy: str, slots: int = 1) -> None:
         assert policy in MISFIRE_POLICIES and slots >= 0, (policy, slots)

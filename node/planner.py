@@ -22,10 +22,16 @@ late fire. Of the late ones, ``skip`` fires none, ``run_once`` the latest, ``run
 the latest ``misfire_cap``; the others are skipped by one ``SkipSlots`` that comes
 before the ``Fire`` (the state machine takes a job's slots strictly in order).
 
-Stealing (``steal_choice``): an idle node (free slots, empty queue) picks the node
-with the deepest queue beyond ``threshold`` and takes up to half of that queue, at
-most ``batch_max`` and its free slots, from the *end* of the victim's queue — the
-runs the victim would start last, so the steal rarely races the victim's own Start.
+Placement (``placements``): a node has room for its free slots plus ``queue_max``
+runs queued ahead of them, minus what is queued on it already; a queue ahead lets a
+slot that frees start the next run without waiting for the leader.
+
+Stealing (``steal_choice``): a node's *backlog* is what is queued on it beyond its
+free slots (a node gossip does not hold alive has no free slots: its whole queue is
+backlog). An idle node (free slots, nothing queued on it) picks the node with the
+largest backlog beyond ``threshold`` and takes half of it (rounded up), at most
+``batch_max`` and its own free slots, from the *end* of the victim's queue — the runs
+the victim would start last, so the steal rarely races the victim's own Start.
 """
 
 from __future__ import annotations
@@ -133,13 +139,14 @@ def placements(
     now_ms: int,
     batch_max: int,
     scan_max: int = PLACEMENT_SCAN_MAX,
+    queue_max: int = 0,
 ) -> list[Assign]:
     """Place unassigned queued runs on live nodes: priority 9 first, then oldest;
     only runs past ``not_before`` whose job's dependencies are not running; only on
-    nodes with every tag the run asks for and a free slot not already promised to a
-    run queued there. Each run goes to the matching node with the most room left
+    nodes with every tag the run asks for and room (a free slot, or one of
+    ``queue_max`` places queued ahead, not already taken). Each run goes to the matching node with the most room left
     (ties: node id), which spreads load. At most ``batch_max`` runs in all."""
-    room = {n.node: n.free_slots - state.queued_count(n.node) for n in nodes}
+    room = {n.node: n.free_slots + queue_max - state.queued_count(n.node) for n in nodes}
     candidates = sorted(nodes, key=lambda n: n.node)
     chosen: dict[str, list[str]] = {}
     placed = 0
@@ -198,16 +205,20 @@ def steal_choice(
     batch_max: int,
     now_ms: int,
 ) -> Steal | None:
-    """What an idle ``my_node`` should steal, if anything (see the module header)."""
+    """What an idle ``my_node`` should steal, if anything (see the module header).
+    ``nodes`` are the live nodes with their free slots; ``my_node`` must be one."""
     me = next((n for n in nodes if n.node == my_node), None)
     if me is None or me.free_slots <= 0 or state.queued_count(my_node) > 0:
         return None
-    depths = [(state.queued_count(n), n) for n in state.busy_nodes() if n != my_node]
-    deepest = max(depths, key=lambda d: d[0], default=None)  # smallest id among equals
+    free = {n.node: n.free_slots for n in nodes}
+    backlogs = [
+        (state.queued_count(n) - free.get(n, 0), n) for n in state.busy_nodes() if n != my_node
+    ]
+    deepest = max(backlogs, key=lambda b: b[0], default=None)  # smallest id among equals
     if deepest is None or deepest[0] <= threshold:
         return None
-    depth, victim = deepest
-    want = min(batch_max, me.free_slots, depth // 2)
+    backlog, victim = deepest
+    want = min(batch_max, me.free_slots, (backlog + 1) // 2)
     if want <= 0:
         return None
     queue = list(state.queued_on(victim))

@@ -11,6 +11,11 @@ Rules:
   transaction) that the driver runs in a worker thread before answering anyone.
 - Committed time: commands carry the proposer's wall clock in ``now_ms``; the state
   machine never reads a clock.
+- Work stealing: a node with free slots and nothing queued proposes ``Steal`` from
+  the pure ``steal_choice``, at most every ``steal_interval_s``, one at a time.
+- Metrics are observed where the log says a thing happened (``SchedulerEvents``): a
+  Fire or a skip when it is applied on the leader, a Start or a Steal when it is
+  applied on the node concerned, a run's end when its Complete was accepted.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -27,9 +33,13 @@ from node.commands import (
     Command,
     CommandDecodeError,
     Complete,
+    Fire,
     Ok,
     Rejected,
+    Result,
+    SkipSlots,
     Start,
+    Steal,
     decode_command,
     decode_result,
     encode_command,
@@ -38,7 +48,16 @@ from node.commands import (
 from node.driver import Committed, Outcome
 from node.executors import Executors, RunContext
 from node.model import Run
-from node.planner import NodeLoad, due_fires, lost_nodes, node_tags, placements, timeouts
+from node.planner import (
+    NodeLoad,
+    due_fires,
+    lost_nodes,
+    node_tags,
+    placements,
+    steal_choice,
+    timeouts,
+)
+from node.schedule import jitter_ms
 from node.state import SchedulerState
 from node.statetables import Change
 from storage.log import LmdbLogStorage
@@ -55,10 +74,64 @@ TIMEOUT_GRACE_MS = 30_000
 SCAN_PAGE = 1000
 PROPOSE_TIMEOUT_S = 10.0
 OUTPUT_TAIL_CHARS = 2048
+WORKER_QUEUE_MAX_DEFAULT = 8
+STEAL_THRESHOLD_DEFAULT = 0
+STEAL_BATCH_MAX_DEFAULT = 32
+STEAL_INTERVAL_S_DEFAULT = 0.2
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class SchedulerEvents(Protocol):
+    """What the scheduler reports as it happens (``node.metrics.Metrics``; ``EventLog``
+    is the in-memory twin)."""
+
+    def fired(self, lateness_s: float) -> None:
+        """A slot fired: the Fire committed ``lateness_s`` after the slot was due."""
+        ...
+
+    def misfire(self, policy: str, slots: int = 1) -> None:
+        """``slots`` missed slots were skipped under ``policy``."""
+        ...
+
+    def run_started(self, delay_s: float) -> None:
+        """A run started on this node ``delay_s`` after it could first have."""
+        ...
+
+    def run_finished(self, outcome: str) -> None:
+        """A run this node executed ended with ``outcome`` (accepted by the log)."""
+        ...
+
+    def steal(self, direction: str, runs: int) -> None:
+        """``runs`` runs were stolen by (``in``) or from (``out``) this node."""
+        ...
+
+
+@dataclass
+class EventLog:
+    """``SchedulerEvents`` that remembers what it was told, in order."""
+
+    events: list[tuple[str, object]] = field(default_factory=list)
+
+    def fired(self, lateness_s: float) -> None:
+        self.events.append(("fired", lateness_s))
+
+    def misfire(self, policy: str, slots: int = 1) -> None:
+        self.events.append(("misfire", (policy, slots)))
+
+    def run_started(self, delay_s: float) -> None:
+        self.events.append(("run_started", delay_s))
+
+    def run_finished(self, outcome: str) -> None:
+        self.events.append(("run_finished", outcome))
+
+    def steal(self, direction: str, runs: int) -> None:
+        self.events.append(("steal", (direction, runs)))
+
+    def named(self, name: str) -> list[object]:
+        return [value for kind, value in self.events if kind == name]
 
 
 class SchedulerStateMachine:
@@ -71,6 +144,8 @@ class SchedulerStateMachine:
         # changed (``node.statetables.Change``), from the driver's loop task; a
         # listener must be quick and must not raise.
         self.listeners: list[Callable[[int, Sequence[Change]], None]] = []
+        # Called with each applied command and its result, in log order (same rules).
+        self.observers: list[Callable[[Command, Result], None]] = []
 
     def _load(self) -> SchedulerState:
         records: list[tuple[str, bytes, bytes]] = []
@@ -98,7 +173,10 @@ class SchedulerStateMachine:
             except CommandDecodeError as err:
                 results.append(encode_result(Rejected("invalid", f"undecodable command: {err}")))
                 continue
-            results.append(encode_result(self.state.apply(cmd, e.index)))
+            result = self.state.apply(cmd, e.index)
+            for observe in self.observers:
+                observe(cmd, result)
+            results.append(encode_result(result))
         changes = self.state.drain_changes()
         writes = [(Table(t), k, v) for t, k, v in changes]
         last = entries[-1].index
@@ -121,17 +199,24 @@ class SchedulerService:
     sm: SchedulerStateMachine
     role: Callable[[], Role]
     propose: Callable[[bytes, float], Awaitable[Outcome]]  # NodeService.propose
-    live_nodes: Callable[[], list[tuple[NodeId, tuple[str, ...]]]]
+    # Live nodes (this one included) as (id, worker slots, gossiped tags).
+    live_nodes: Callable[[], list[tuple[NodeId, int, tuple[str, ...]]]]
     gone_nodes: Callable[[], list[NodeId]]
     executors: Executors
     output: Callable[[str, bytes], None]
+    events: SchedulerEvents = field(default_factory=EventLog)
     slots: int = WORKER_SLOTS_DEFAULT
-    on_finished: Callable[[str], None] | None = None  # outcome of a run this node ran
+    queue_max: int = WORKER_QUEUE_MAX_DEFAULT
+    steal_threshold: int = STEAL_THRESHOLD_DEFAULT
+    steal_batch_max: int = STEAL_BATCH_MAX_DEFAULT  # 0: never steal
+    steal_interval_s: float = STEAL_INTERVAL_S_DEFAULT
     changed: trio.Event = field(default_factory=trio.Event)
     running: dict[str, trio.CancelScope] = field(default_factory=dict)
+    stealing: bool = False
 
     def __post_init__(self) -> None:
         self.sm.listeners.append(self._on_apply)
+        self.sm.observers.append(self._observe)
 
     def _on_apply(self, index: int, changes: Sequence[Change]) -> None:
         self._wake()
@@ -142,6 +227,42 @@ class SchedulerService:
 
     async def submit(self, cmd: Command) -> Outcome:
         return await self.propose(encode_command(cmd), PROPOSE_TIMEOUT_S)
+
+    def loads(self) -> list[NodeLoad]:
+        """The live nodes' free slots, from their slots and the replicated state."""
+        state = self.sm.state
+        return [
+            NodeLoad(node, max(0, slots - state.running_count(node)), node_tags(tags))
+            for node, slots, tags in self.live_nodes()
+        ]
+
+    def _observe(self, cmd: Command, result: Result) -> None:
+        """Metrics from an applied command (see the module header); quick, no I/O."""
+        if not isinstance(result, Ok):
+            return
+        state = self.sm.state
+        match cmd:
+            case Fire() if self.role() is Role.LEADER:
+                now = now_ms()
+                for run_id in result.ids:
+                    run = state.run(run_id)
+                    job = None if run is None or run.job_id is None else state.job(run.job_id)
+                    if run is not None and job is not None:
+                        slot = run.scheduled_at
+                        due = slot + jitter_ms(job.spec.schedule, job.id, slot)
+                        self.events.fired((now - due) / 1000)
+            case SkipSlots() if self.role() is Role.LEADER and result.ids:
+                self.events.misfire(cmd.policy, cmd.count)
+            case Start() if cmd.node == self.node_id:
+                run = state.run(cmd.run_id)
+                if run is not None and run.started_at is not None:
+                    ready = max(run.queued_at, run.not_before or 0)
+                    self.events.run_started(max(0, run.started_at - ready) / 1000)
+            case Steal() if result.ids and self.node_id in (cmd.to_node, cmd.from_node):
+                direction = "in" if cmd.to_node == self.node_id else "out"
+                self.events.steal(direction, len(result.ids))
+            case _:
+                pass
 
     # ------------------------------------------------------------------ leader
     async def leader_loop(
@@ -159,14 +280,10 @@ class SchedulerService:
 
     def plan(self, now: int) -> list[Command]:
         state = self.sm.state
-        loads = [
-            NodeLoad(node, max(0, self.slots - state.running_count(node)), node_tags(tags))
-            for node, tags in self.live_nodes()
-        ]
         cmds: list[Command] = []
         cmds += due_fires(state, now, FIRE_BATCH_MAX)
         cmds += lost_nodes(state, self.gone_nodes(), now)
-        cmds += placements(state, loads, now, ASSIGN_BATCH_MAX)
+        cmds += placements(state, self.loads(), now, ASSIGN_BATCH_MAX, queue_max=self.queue_max)
         cmds += timeouts(state, now, TIMEOUT_GRACE_MS, TIMEOUT_BATCH_MAX)
         return cmds
 
@@ -176,6 +293,7 @@ class SchedulerService:
     ) -> None:
         async with trio.open_nursery() as nursery:
             task_status.started()
+            next_steal_s = trio.current_time()
             while True:
                 self._cancel_revoked()
                 for run in list(self.sm.state.queued_on(self.node_id)):
@@ -183,8 +301,44 @@ class SchedulerService:
                         scope = trio.CancelScope()
                         self.running[run.id] = scope
                         nursery.start_soon(self._execute, run, scope)
-                with trio.move_on_after(1.0):
+                wait_s = 1.0
+                if self._idle():
+                    wait_s = self.steal_interval_s
+                    if trio.current_time() >= next_steal_s:
+                        next_steal_s = trio.current_time() + self.steal_interval_s
+                        self.stealing = True
+                        nursery.start_soon(self._steal)
+                with trio.move_on_after(wait_s):
                     await self.changed.wait()
+
+    def _idle(self) -> bool:
+        """Free slots, nothing queued here, stealing on and no steal under way."""
+        return (
+            self.steal_batch_max > 0
+            and not self.stealing
+            and len(self.running) < self.slots
+            and self.sm.state.queued_count(self.node_id) == 0
+        )
+
+    def steal_plan(self, now: int) -> Steal | None:
+        """What to steal now: ``steal_choice`` with this node's own free slots (it
+        knows better than the log which of its slots are taken)."""
+        free = max(0, self.slots - len(self.running))
+        nodes = [
+            NodeLoad(n.node, free, n.tags) if n.node == self.node_id else n for n in self.loads()
+        ]
+        return steal_choice(
+            self.node_id, nodes, self.sm.state, self.steal_threshold, self.steal_batch_max, now
+        )
+
+    async def _steal(self) -> None:
+        try:
+            cmd = self.steal_plan(now_ms())
+            if cmd is not None:
+                await self.submit(cmd)  # counted when applied (``_observe``)
+        finally:
+            self.stealing = False
+            self._wake()
 
     def _cancel_revoked(self) -> None:
         """A run cancelled, reassigned or deleted under us: stop its process."""
@@ -225,8 +379,8 @@ class SchedulerService:
             outcome = await self.submit(done)
         if not _accepted(outcome):
             log.info("completion of %s not accepted: %s", run.id, outcome)
-        elif self.on_finished is not None:
-            self.on_finished(state)
+        else:
+            self.events.run_finished(state)
 
 
 @dataclass

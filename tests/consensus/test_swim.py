@@ -601,3 +601,14 @@ def test_core_draws_randomness_only_from_the_rng_it_is_given() -> None:
                     raise AssertionError(f"{name}: from random import ...")
                 case ast.Attribute(value=ast.Name(id="random"), attr=attr):
                     assert attr == "Random", f"{name}: random.{attr}"
+
+
+def test_a_nine_field_meta_from_an_older_node_reads_with_zero_slots() -> None:
+    meta = NodeMeta("n1", "h:1", "leader", 3, 2, ("a=b",), "v", "h:2", 7, slots=5)
+    msg = Ping(1, "n1", "n2", (Alive("n1", 1, ("h", 1), meta),))
+    wire = encode_message(msg)
+    assert wire[4][0][5][9] == 5  # slots is the tenth meta field
+    wire[4][0][5] = wire[4][0][5][:9]
+    decoded = decode_message(msgpack.unpackb(msgpack.packb(wire)))
+    assert isinstance(decoded, Ping)
+    assert decoded.updates[0] == Alive("n1", 1, ("h", 1), replace(meta, slots=0))

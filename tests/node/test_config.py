@@ -226,3 +226,18 @@ def test_worker_slots_come_from_config_and_are_bounded() -> None:
     assert load_config(None, {"ROTA_WORKER_SLOTS": "8"}, {}).worker_slots == 8
     with pytest.raises(ConfigError, match="worker_slots"):
         load_config(None, {}, {"worker_slots": "5000"})
+
+
+def test_stealing_and_queue_ahead_come_from_config_and_are_bounded() -> None:
+    from node.config import ConfigError, load_config
+
+    cfg = load_config(None, {"ROTA_STEAL_BATCH_MAX": "0"}, {"worker_queue_max": "3"})
+    assert (cfg.steal_batch_max, cfg.worker_queue_max, cfg.steal_threshold) == (0, 3, 0)
+    assert cfg.steal_interval_ms == 200
+    for key, bad in (
+        ("steal_interval_ms", "5"),
+        ("steal_batch_max", "-1"),
+        ("worker_queue_max", "x"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            load_config(None, {}, {key: bad})

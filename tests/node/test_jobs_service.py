@@ -7,43 +7,28 @@ from pathlib import Path
 
 import pytest
 
-from consensus.types import ConfState, Entry
-from node.driver import Committed, Outcome
 from node.jobs import JobsService
 from node.scheduler import SchedulerStateMachine
-from storage.log import LmdbLogStorage
+from tests.node.onenode import OneNode
 from web.port import Conflict, Invalid, NotFound
 
 SHELL = {"type": "shell", "command": ["/bin/true"]}
 
 
-class OneNode:
+class JobsNode(OneNode):
     def __init__(self, path: Path) -> None:
-        self.store = LmdbLogStorage(path, initial_conf=ConfState(voters=frozenset({"n1"})))
-        self.sm = SchedulerStateMachine(self.store)
-        self.index = 0
+        super().__init__(path)
         self.jobs = JobsService(self.sm, self.propose, self.read_barrier)
-
-    async def propose(self, data: bytes, timeout_s: float) -> Outcome:
-        self.index += 1
-        entry = Entry(self.index, 1, data=data)
-        self.store.save(None, [entry])
-        results, persist = self.sm.apply([entry])
-        persist()
-        return Committed(self.index, results[0])
-
-    async def read_barrier(self, timeout_s: float) -> int:
-        return self.index
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> OneNode:
-    n = OneNode(tmp_path / "store")
+def node(tmp_path: Path) -> JobsNode:
+    n = JobsNode(tmp_path / "store")
     yield n  # type: ignore[misc]
     n.store.close()
 
 
-async def test_jobs_are_created_read_listed_and_survive_a_reload(node: OneNode) -> None:
+async def test_jobs_are_created_read_listed_and_survive_a_reload(node: JobsNode) -> None:
     job = await node.jobs.create_job({"name": "a", "schedule": {"every_s": 60}, "executor": SHELL})
     assert (await node.jobs.get_job(job["id"], stale=False))["name"] == "a"
     page = await node.jobs.list_jobs({}, stale=True)
@@ -52,7 +37,7 @@ async def test_jobs_are_created_read_listed_and_survive_a_reload(node: OneNode) 
     assert reloaded.state.job(job["id"]) is not None
 
 
-async def test_bad_input_names_the_field_and_changes_nothing(node: OneNode) -> None:
+async def test_bad_input_names_the_field_and_changes_nothing(node: JobsNode) -> None:
     with pytest.raises(Invalid) as info:
         await node.jobs.create_job(
             {"name": "b", "schedule": {"cron": "61 * * * *"}, "executor": SHELL}
@@ -68,7 +53,7 @@ async def test_bad_input_names_the_field_and_changes_nothing(node: OneNode) -> N
         await node.jobs.get_run("r000000000001000000", stale=True)
 
 
-async def test_a_batch_commits_all_tasks_in_one_entry(node: OneNode) -> None:
+async def test_a_batch_commits_all_tasks_in_one_entry(node: JobsNode) -> None:
     result = await node.jobs.submit_tasks({"tasks": [{"executor": SHELL}] * 3})
     assert [r["state"] for r in result["items"]] == ["queued"] * 3
     assert node.index == 1
@@ -76,7 +61,7 @@ async def test_a_batch_commits_all_tasks_in_one_entry(node: OneNode) -> None:
     assert len(runs["items"]) == 3
 
 
-async def test_updates_are_compare_and_set_on_the_version(node: OneNode) -> None:
+async def test_updates_are_compare_and_set_on_the_version(node: JobsNode) -> None:
     job = await node.jobs.create_job({"name": "c", "schedule": {"every_s": 60}, "executor": SHELL})
     patched = await node.jobs.update_job(job["id"], {"priority": 9}, None, patch=True)
     assert patched["priority"] == 9 and patched["version"] == job["version"] + 1

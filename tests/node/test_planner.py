@@ -353,4 +353,30 @@ def test_a_thief_takes_only_runs_whose_tags_it_has() -> None:
     assert steal_choice("n2", nodes, leader.state, 1, 10, T0) == Steal((plain[0],), "n1", "n2", T0)
     tagged = [NodeLoad("n1", 0), NodeLoad("n2", 8, {"gpu": "1"})]
     steal = steal_choice("n2", tagged, leader.state, 1, 10, T0)
-    assert steal is not None and steal.run_ids == (plain[0], gpu[3])
+    assert steal is not None and steal.run_ids == (plain[0], gpu[3], gpu[2])  # half, rounded up
+
+
+def test_backlog_is_the_queue_beyond_the_victims_free_slots() -> None:
+    leader = Leader()
+    runs = leader.tasks(5, 5, 5, 5, 5)
+    leader.apply([Assign(tuple(runs), "n1", T0)])
+    # n1 will start 4 of its 5 at once: a backlog of 1, half of it rounded up is 1.
+    busy = [NodeLoad("n1", 4), NodeLoad("n2", 4)]
+    assert steal_choice("n2", busy, leader.state, 0, 10, T0) == Steal((runs[4],), "n1", "n2", T0)
+    assert steal_choice("n2", busy, leader.state, 1, 10, T0) is None  # not beyond threshold 1
+    # n1 is not live (gossip): nothing on it will start, its whole queue is backlog.
+    steal = steal_choice("n2", [NodeLoad("n2", 4)], leader.state, 1, 10, T0)
+    assert steal == Steal((runs[4], runs[3], runs[2]), "n1", "n2", T0)
+
+
+def test_placement_queues_ahead_up_to_queue_max() -> None:
+    leader = Leader()
+    runs = leader.tasks(*([5] * 10))
+    nodes = [NodeLoad("n1", 2), NodeLoad("n2", 1)]
+    plan = placements(leader.state, nodes, T0, 100, queue_max=3)
+    placed = {a.node: len(a.run_ids) for a in plan}
+    assert placed == {"n1": 5, "n2": 4}  # free slots plus three queued ahead each
+    leader.apply(plan)
+    assert placements(leader.state, nodes, T0, 100, queue_max=3) == []
+    assert sum(len(a.run_ids) for a in placements(leader.state, nodes, T0, 100, queue_max=4)) == 1
+    del runs

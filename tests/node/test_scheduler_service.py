@@ -1,0 +1,181 @@
+"""The scheduler service on a one-node log (each proposal commits at once): the
+worker's stealing, the leader's placement with queues ahead, and the scheduler
+events (metrics) observed where the log says a thing happened. Trio time is a
+MockClock; the commands' ``now_ms`` is the wall clock, as on a real node."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from consensus.types import Role
+from node.commands import Assign, Command, CreateJob, Ok, SubmitTasks, decode_result, encode_command
+from node.driver import Committed
+from node.executors import Executors, RunResult, ScriptedExecutor
+from node.model import EverySchedule, JobSpec, MisfirePolicy, TaskSpec
+from node.modeljson import executor_from_json
+from node.scheduler import EventLog, SchedulerService, now_ms
+from tests.node.onenode import OneNode
+
+SHELL = executor_from_json({"type": "shell", "command": ["/bin/true"]}, ())
+
+
+class Harness(OneNode):
+    def __init__(self, path: Path, live: list[tuple[str, int, tuple[str, ...]]]) -> None:
+        super().__init__(path)
+        self.live = live
+        self.role = Role.FOLLOWER
+        self.executor = ScriptedExecutor(duration_s=1.0)
+        self.events = EventLog()
+
+    def service(self, node: str, slots: int, **over: object) -> SchedulerService:
+        return SchedulerService(
+            node,
+            self.sm,
+            role=lambda: self.role,
+            propose=self.propose,
+            live_nodes=lambda: self.live,
+            gone_nodes=list,
+            executors=Executors({"shell": self.executor}),
+            output=lambda run_id, chunk: None,
+            events=self.events,
+            slots=slots,
+            **over,  # type: ignore[arg-type]
+        )
+
+    async def apply(self, cmd: Command) -> Ok:
+        outcome = await self.propose(encode_command(cmd), 1.0)
+        assert isinstance(outcome, Committed)
+        result = decode_result(outcome.result)
+        assert isinstance(result, Ok), result
+        return result
+
+    async def tasks(self, count: int) -> list[str]:
+        specs = tuple(TaskSpec(SHELL) for _ in range(count))
+        return list((await self.apply(SubmitTasks(specs, (None,) * count, now_ms()))).ids)
+
+    def states(self, run_ids: list[str]) -> list[tuple[str, str | None]]:
+        runs = [self.sm.state.run(r) for r in run_ids]
+        return [(r.state, r.node) for r in runs if r is not None]
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    h = Harness(tmp_path / "store", live=[("n1", 2, ())])
+    yield h
+    h.store.close()
+
+
+async def _until(predicate: object, timeout_s: float = 60.0) -> None:
+    with trio.fail_after(timeout_s):
+        while not predicate():  # type: ignore[operator]
+            await trio.sleep(0.05)
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def test_an_idle_worker_steals_the_queue_of_a_node_gossip_lost(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    runs = await harness.tasks(6)
+    await harness.apply(Assign(tuple(runs), "n2", now_ms()))  # n2 is not live
+    worker = harness.service("n1", slots=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.worker_loop)
+        await _until(lambda: all(s == "succeeded" for s, _ in harness.states(runs)))
+        nursery.cancel_scope.cancel()
+    assert {node for _, node in harness.states(runs)} == {"n1"}
+    stolen = harness.events.named("steal")
+    # At most its two free slots at a time, from the tail of n2's queue.
+    assert all(d == "in" and 1 <= n <= 2 for d, n in stolen)  # type: ignore[misc]
+    assert sum(n for _, n in stolen) == 6  # type: ignore[misc]
+    assert len(harness.events.named("run_started")) == 6
+    assert harness.events.named("run_finished") == ["succeeded"] * 6
+    assert len(harness.executor.calls) == 6
+
+
+async def test_stealing_off_leaves_the_queue_alone(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    runs = await harness.tasks(3)
+    await harness.apply(Assign(tuple(runs), "n2", now_ms()))
+    worker = harness.service("n1", slots=2, steal_batch_max=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.worker_loop)
+        await trio.sleep(30)
+        nursery.cancel_scope.cancel()
+    assert harness.states(runs) == [("queued", "n2")] * 3
+    assert harness.events.named("steal") == []
+
+
+async def test_a_busy_victims_free_slots_are_not_stolen(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    harness.live = [("n1", 2, ()), ("n2", 2, ())]
+    runs = await harness.tasks(2)
+    await harness.apply(Assign(tuple(runs), "n2", now_ms()))  # n2 starts both at once
+    thief = harness.service("n1", slots=2)
+    assert thief.steal_plan(now_ms()) is None
+    extra = await harness.tasks(3)
+    await harness.apply(Assign(tuple(extra), "n2", now_ms()))  # a backlog of 3
+    plan = thief.steal_plan(now_ms())
+    assert plan is not None and plan.run_ids == (extra[2], extra[1])  # half, rounded up
+    # The victim hears of it too: runs stolen from it count as "out".
+    victim = harness.service("n2", slots=2)
+    await harness.apply(plan)
+    assert harness.events.named("steal") == [("in", 2), ("out", 2)]
+    del victim
+
+
+async def test_the_leader_places_by_gossiped_slots_with_a_queue_ahead(harness: Harness) -> None:
+    harness.live = [("n1", 1, ()), ("n2", 0, ())]
+    await harness.tasks(10)
+    leader = harness.service("n1", slots=1, queue_max=2)
+    plan = [c for c in leader.plan(now_ms()) if isinstance(c, Assign)]
+    assert {a.node: len(a.run_ids) for a in plan} == {"n1": 3, "n2": 2}
+
+
+async def test_fires_and_misfires_are_observed_on_the_leader_only(harness: Harness) -> None:
+    wall = now_ms()
+    now = wall - (wall - 30_000) % 60_000  # :30 of a minute, at most a minute ago
+    late = MisfirePolicy("run_once", window_s=1)
+    # Created 185 s before ``now``: slots at now-150, now-90, now-30 s, all late.
+    await harness.apply(
+        CreateJob(JobSpec("a", EverySchedule(60), SHELL, misfire=late), now - 185_000)
+    )
+    leader = harness.service("n1", slots=2)
+    for cmd in leader.plan(now):
+        await harness.apply(cmd)  # as a follower: applied, not counted
+    assert harness.events.events == []
+    await harness.apply(
+        CreateJob(JobSpec("b", EverySchedule(60), SHELL, misfire=late), now - 185_000)
+    )
+    harness.role = Role.LEADER
+    for cmd in leader.plan(now):
+        await harness.apply(cmd)
+    assert harness.events.named("misfire") == [("run_once", 2)]
+    (lateness,) = harness.events.named("fired")  # the latest slot, fired 30-90 s late
+    assert isinstance(lateness, float) and 29 < lateness < 95
+
+
+async def test_a_start_delay_is_observed_on_the_node_that_starts(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    harness.executor.result = RunResult("failed", 1, "boom")
+    runs = await harness.tasks(1)
+    await harness.apply(Assign(tuple(runs), "n1", now_ms()))
+    worker = harness.service("n1", slots=1, steal_batch_max=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.worker_loop)
+        await _until(lambda: harness.states(runs)[0][0] == "failed")
+        nursery.cancel_scope.cancel()
+    (delay,) = harness.events.named("run_started")
+    assert isinstance(delay, float) and delay >= 0
+    assert harness.events.named("run_finished") == ["failed"]
