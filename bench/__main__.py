@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import cluster, storage
+from bench import cluster, storage, tasks
 from bench.core import Section, SectionResult, filesystem_of, format_table, merge_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,6 +16,7 @@ RESULTS_DIR = ROOT / "bench-results"
 SECTIONS: dict[str, Section] = {
     "storage": storage.run,
     "cluster": cluster.run,
+    "tasks": tasks.run,
 }
 
 

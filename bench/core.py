@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -63,6 +65,80 @@ def rate_per_s(work: Callable[[], int], duration_s: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``values``: the nearest rank, no interpolation,
+    so a reported p99 is a value that was measured."""
+    assert values and 0 <= q <= 100, (len(values), q)
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def env_int(name: str, default: int) -> int:
+    """An integer size from the environment (``ROTA_BENCH_*``), for quick runs."""
+    return int(os.environ.get(name, str(default)).replace("_", ""))
+
+
+def env_ints(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    """A comma-separated list of sizes from the environment, e.g. ``10000,100000``."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    return tuple(int(p.replace("_", "")) for p in text.split(",") if p.strip())
+
+
+# ---------------------------------------------------------------- Prometheus text
+
+_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+Labels = dict[str, str]
+
+
+def metric_samples(text: str, name: str) -> list[tuple[Labels, float]]:
+    """Every sample of metric ``name`` in a Prometheus text exposition, with its labels."""
+    found: list[tuple[Labels, float]] = []
+    for line in text.splitlines():
+        m = _SAMPLE_RE.match(line)
+        if m is None or m.group(1) != name:
+            continue
+        labels = dict(_LABEL_RE.findall(m.group(2) or ""))
+        found.append((labels, float(m.group(3))))
+    return found
+
+
+def histogram_buckets(text: str, name: str) -> list[tuple[float, float]]:
+    """The cumulative ``(upper bound, count)`` buckets of histogram ``name``, in order."""
+    buckets = [
+        (float(labels["le"]), value)
+        for labels, value in metric_samples(text, name + "_bucket")
+        if "le" in labels
+    ]
+    return sorted(buckets)
+
+
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """Prometheus' ``histogram_quantile``: the ``q`` (0..1) quantile from cumulative
+    buckets, interpolated linearly inside the bucket that holds it (the lowest bucket
+    starts at 0; a quantile in the +Inf bucket is the highest finite bound). None
+    without observations."""
+    assert 0 <= q <= 1, q
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (
+                count - lower_count
+            )
+        lower_bound, lower_count = bound, count
+    return lower_bound
 
 
 def merge_results(path: Path, results: dict[str, SectionResult]) -> dict[str, object]:
