@@ -98,12 +98,20 @@ class Cli:
 
     def call(self, method: str, path: str, body: dict[str, object] | None = None) -> Any:
         """One API request; client errors become ``CommandError`` with the right exit code."""
+        with self.errors():
+            return self.client().request(method, path, body=body)
+
+    def client(self) -> ApiClient:
         try:
-            client = ApiClient(self.address, self.token)
+            return ApiClient(self.address, self.token)
         except ValueError as e:  # a malformed --address
             raise click.UsageError(str(e)) from None
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Client errors inside become ``CommandError`` with the right exit code."""
         try:
-            return client.request(method, path, body=body)
+            yield
         except ApiError as e:
             hint = " (set --token or ROTA_TOKEN)" if e.status == 401 and not self.token else ""
             field = f" [field: {e.field}]" if e.field else ""

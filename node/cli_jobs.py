@@ -6,13 +6,20 @@ Each is a thin call of the HTTP API (SPEC "CLI") through ``node.cli.Cli``, so er
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 import urllib.parse
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
 from node.cli import Cli, pass_cli, render_table
+from node.httpclient import TransportError
+from node.model import TERMINAL_STATES
+
+FOLLOW_IDLE_S = 60.0
+
 
 RUN_COLUMNS = ["ID", "JOB", "ATTEMPT", "STATE", "NODE", "SCHEDULED", "EXIT"]
 
@@ -206,8 +213,41 @@ def run_cancel(cli: Cli, run_id: str) -> None:
 
 @run.command("logs")
 @click.argument("run_id")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming until the run has ended.")
 @pass_cli
-def run_logs(cli: Cli, run_id: str) -> None:
-    """The output tail kept in the run record (live streaming is not served yet)."""
-    found = cli.call("GET", f"/api/v1/runs/{urllib.parse.quote(run_id)}")
-    cli.emit({"output_tail": found["output_tail"]}, lambda: found["output_tail"])
+def run_logs(cli: Cli, run_id: str, follow: bool) -> None:
+    """The run's output, read from the node that holds it; with -f, streamed while it
+    runs (reconnecting where it left off if the stream is cut)."""
+    path = f"/api/v1/runs/{urllib.parse.quote(run_id)}"
+    if cli.output == "json" and not follow:
+        collected = io.BytesIO()
+        _read_output(cli, path, 0, False, collected)
+        text = collected.getvalue().decode("utf-8", "replace")
+        cli.emit({"run_id": run_id, "output": text}, lambda: text)
+        return
+    out = sys.stdout.buffer
+    offset = 0
+    while True:
+        offset = _read_output(cli, path, offset, follow, out)
+        if not follow or cli.call("GET", path)["state"] in TERMINAL_STATES:
+            return
+
+
+def _read_output(cli: Cli, run_path: str, offset: int, follow: bool, out: BinaryIO) -> int:
+    """Copy the output from ``offset`` to ``out``; returns the offset reached. A stream
+    that goes quiet for ``FOLLOW_IDLE_S`` is ended here (the caller reconnects)."""
+    query = {"offset": str(offset), "follow": "true" if follow else "false"}
+    with cli.errors():
+        try:
+            with cli.client().stream(
+                f"{run_path}/output", query, idle_timeout_s=FOLLOW_IDLE_S
+            ) as stream:
+                offset = int(stream.headers.get("Rota-Output-Offset") or offset)
+                for chunk in stream.chunks():
+                    out.write(chunk)
+                    out.flush()
+                    offset += len(chunk)
+        except TransportError:
+            if not follow or offset == int(query["offset"]):
+                raise  # nothing came at all: the node is not answering
+    return offset

@@ -33,6 +33,7 @@ from node.executors import default_executors
 from node.gossip import GossipService
 from node.jobs import JobsService
 from node.metrics import Metrics
+from node.output import RunOutputs
 from node.peerauth import Authenticator, HmacAuthenticator, TlsAuthenticator
 from node.queries import queue_depths
 from node.scheduler import OutputBuffer, SchedulerService, SchedulerStateMachine
@@ -307,7 +308,8 @@ def build_agent(cfg: NodeConfig) -> Agent:
         steal_batch_max=cfg.steal_batch_max,
         steal_interval_s=cfg.steal_interval_ms / 1000,
     )
-    jobs = JobsService(sm, service.propose, driver.read_barrier)
+    outputs = RunOutputs(cfg.node_id, sm, store.outputs.read, transport)
+    jobs = JobsService(sm, service.propose, driver.read_barrier, outputs=outputs)
     agent = Agent(cfg, store, transport, driver, gossip, service, metrics, scheduler, jobs, output)
     agent_box.append(agent)
     for peer, hp in cfg.peers.items():

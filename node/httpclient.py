@@ -4,6 +4,7 @@ Exceptions::
 
     ClientError          base
     ├── TransportError   the node could not be reached (refused, DNS, TLS, timeout)
+    │   └── ConnectionRefused   refused before anything was sent: it certainly did nothing
     ├── BadResponse      a success status with a body that is not JSON (not a Rota node?)
     └── ApiError         the node answered with an error status; fields come from
                          its problem+json body (``type``, ``title``, ``detail``, ``field``)
@@ -15,17 +16,20 @@ header and never appears in an exception message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 RESPONSE_BYTES_MAX = 16 * 1024 * 1024
 TIMEOUT_S_DEFAULT = 10.0
+STREAM_CHUNK_BYTES = 64 << 10
 DETAIL_CHARS_MAX = 300
 
 
@@ -35,6 +39,10 @@ class ClientError(Exception):
 
 class TransportError(ClientError):
     """The request did not get an HTTP answer."""
+
+
+class ConnectionRefused(TransportError):
+    """The node refused the connection, so the request was never sent."""
 
 
 class BadResponse(ClientError):
@@ -104,12 +112,43 @@ class ApiClient:
         *,
         body: Mapping[str, object] | None = None,
         query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
-        """Send one request; return the decoded JSON body (None when empty)."""
+        """Send one request (with extra ``headers``, e.g. ``If-Match``); return the
+        decoded JSON body (None when empty)."""
+        with self._open(method, path, body=body, query=query, headers=headers) as resp:
+            raw = resp.read(RESPONSE_BYTES_MAX)
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise BadResponse(f"{resp.url} did not answer with JSON; is it a Rota node?") from None
+
+    @contextlib.contextmanager
+    def stream(
+        self, path: str, query: Mapping[str, str] | None = None, *, idle_timeout_s: float
+    ) -> Iterator[Stream]:
+        """GET ``path`` and read its body as it arrives (``Stream.chunks``); a pause in
+        the body longer than ``idle_timeout_s`` raises ``TransportError``."""
+        with self._open("GET", path, query=query, accept="*/*", timeout_s=idle_timeout_s) as resp:
+            yield Stream(resp.headers, resp, self.address)
+
+    def _open(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, object] | None = None,
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        accept: str = "application/json",
+        timeout_s: float | None = None,
+    ) -> Any:
         url = self.address + path
         if query:
             url += "?" + urllib.parse.urlencode(query)
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept, **(headers or {})}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -118,20 +157,40 @@ class ApiClient:
             headers["Authorization"] = f"Bearer {self._token}"
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self._timeout_s, context=self._ssl) as resp:
-                raw = resp.read(RESPONSE_BYTES_MAX)
+            return urllib.request.urlopen(
+                req, timeout=timeout_s or self._timeout_s, context=self._ssl
+            )
         except urllib.error.HTTPError as e:
             with e:
                 raise _api_error(e.code, e.reason, e.read(RESPONSE_BYTES_MAX)) from None
         except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise TransportError(f"cannot reach {self.address}: {reason}") from None
-        if not raw.strip():
-            return None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise BadResponse(f"{url} did not answer with JSON; is it a Rota node?") from None
+            raise _transport_error(self.address, e) from None
+
+
+@dataclass
+class Stream:
+    """An open streaming response: its headers and its body in pieces."""
+
+    headers: Mapping[str, str]
+    _resp: Any
+    _address: str
+
+    def chunks(self, size: int = STREAM_CHUNK_BYTES) -> Iterator[bytes]:
+        """The body's bytes as they arrive, until it ends."""
+        while True:
+            try:
+                chunk: bytes = self._resp.read1(size)
+            except OSError as e:
+                raise _transport_error(self._address, e) from None
+            if not chunk:
+                return
+            yield chunk
+
+
+def _transport_error(address: str, e: Exception) -> TransportError:
+    reason = getattr(e, "reason", e)
+    kind = ConnectionRefused if isinstance(reason, ConnectionRefusedError) else TransportError
+    return kind(f"cannot reach {address}: {reason}")
 
 
 def _api_error(status: int, reason: str, raw: bytes) -> ApiError:

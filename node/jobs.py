@@ -43,9 +43,10 @@ from node.modeljson import (
     run_to_json,
     task_spec_from_json,
 )
+from node.output import RunOutputs
 from node.queries import job_runs, list_jobs, list_runs, next_fire_times
 from node.scheduler import SchedulerStateMachine, now_ms
-from web.port import Conflict, Invalid, NotFound, PortError, Unavailable
+from web.port import Conflict, Invalid, NotFound, OutputChunk, PortError, Unavailable
 
 READ_TIMEOUT_S = 5.0
 PROPOSE_TIMEOUT_S = 10.0
@@ -60,11 +61,13 @@ class JobsService:
         propose: Callable[[bytes, float], Awaitable[Outcome]],
         read_barrier: Callable[[float], Awaitable[int]],
         handlers: Collection[str] = (),
+        outputs: RunOutputs | None = None,
     ) -> None:
         self.sm = sm
         self._propose = propose
         self._read_barrier = read_barrier
         self.handlers = frozenset(handlers)
+        self._outputs = outputs
 
     # ---------------------------------------------------------------- helpers
     async def _read(self, stale: bool) -> None:
@@ -150,16 +153,17 @@ class JobsService:
         return self._job(job_id)
 
     async def delete_job(self, job_id: str) -> None:
-        await self._write(DeleteJob(job_id, None, now_ms()))
+        # A malformed id in the path is refused by the command's own check: a 422 naming it.
+        await self._write(_validated(lambda: DeleteJob(job_id, None, now_ms())))
 
     async def job_action(self, job_id: str, action: str) -> dict[str, Any]:
         now = now_ms()
         cmd: Command
         if action == "trigger":
-            cmd = TriggerJob(job_id, now)
+            cmd = _validated(lambda: TriggerJob(job_id, now))
         else:
             assert action in ("pause", "resume"), action
-            cmd = SetPaused(job_id, action == "pause", now)
+            cmd = _validated(lambda: SetPaused(job_id, action == "pause", now))
         ok = await self._write(cmd)
         if action == "trigger":
             return self._run(ok.ids[0]) if ok.ids else {}
@@ -238,8 +242,13 @@ class JobsService:
         return self._run(run_id)
 
     async def cancel_run(self, run_id: str) -> dict[str, Any]:
-        await self._write(CancelRun(run_id, now_ms()))
+        await self._write(_validated(lambda: CancelRun(run_id, now_ms())))
         return self._run(run_id)
+
+    async def read_output(self, run_id: str, offset: int, max_bytes: int) -> OutputChunk:
+        if self._outputs is None:
+            raise Unavailable("this node does not serve run output")
+        return await self._outputs.read(run_id, offset, max_bytes)
 
 
 def _validated(build: Callable[[], Any]) -> Any:

@@ -248,6 +248,32 @@ class SchedulerPort(Protocol):
 
     async def cancel_run(self, run_id: str) -> dict[str, Any]: ...
 
+    async def read_output(self, run_id: str, offset: int, max_bytes: int) -> OutputChunk:
+        """Up to ``max_bytes`` of the run's output from byte ``offset``, read from the
+        node that holds it (output is node-local). ``NotFound`` for an unknown run,
+        ``Unavailable`` when the holding node does not answer."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutputChunk:
+    """Bytes ``[offset, offset + len(data))`` of a run's output. ``offset`` may be past
+    the one asked for when the head was dropped (``first_offset`` is the first byte
+    still kept). ``done``: the run has ended and nothing more will be written."""
+
+    data: bytes
+    offset: int
+    first_offset: int
+    done: bool
+    node: str | None  # the node that holds it (None while the run is not placed)
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.first_offset <= self.offset, (self.first_offset, self.offset)
+
+    @property
+    def next_offset(self) -> int:
+        return self.offset + len(self.data)
+
 
 class HttpMetrics(Protocol):
     """The metrics sink the app records into and renders from (``node.metrics.Metrics``)."""

@@ -22,6 +22,7 @@ from web.port import (
     MemberView,
     NodePort,
     NotFound,
+    OutputChunk,
     PortError,
     Unavailable,
 )
@@ -147,6 +148,8 @@ class FakeSchedulerPort:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
+        self.outputs: dict[str, tuple[bytes, bool]] = {}  # run id -> (output, run ended)
+        self.missing_runs: set[str] = set()
 
     def _record(self, name: str, arg: object) -> dict[str, Any]:
         self.calls.append((name, arg))
@@ -191,7 +194,21 @@ class FakeSchedulerPort:
         return {"items": [], "next_cursor": None}
 
     async def get_run(self, run_id: str, stale: bool) -> dict[str, Any]:
-        return self._record("get_run", run_id)
+        found = self._record("get_run", run_id)
+        if run_id in self.outputs:  # a run with output: running until it has ended
+            found.update(id=run_id, state="succeeded" if self.outputs[run_id][1] else "running")
+        return found
 
     async def cancel_run(self, run_id: str) -> dict[str, Any]:
         return self._record("cancel_run", run_id)
+
+    async def read_output(self, run_id: str, offset: int, max_bytes: int) -> OutputChunk:
+        """From ``outputs[run_id]``: the bytes written so far and whether the run ended
+        (a test appends to it while a stream is open); none and ended for another run,
+        ``NotFound`` for one in ``missing_runs``."""
+        self.calls.append(("read_output", (run_id, offset)))
+        if run_id in self.missing_runs:
+            raise NotFound(f"no run {run_id!r}")
+        data, ended = self.outputs.get(run_id, (b"", True))
+        piece = data[offset : offset + max_bytes]
+        return OutputChunk(piece, offset, 0, ended and offset + len(piece) >= len(data), "n1")

@@ -237,3 +237,30 @@ def test_unreachable_node_exits_3() -> None:
 def test_bad_address_is_a_usage_error() -> None:
     result = run(["--address", "ftp://x", "status"])
     assert result.exit_code == 2 and "http:// or https://" in result.stderr
+
+
+async def test_run_logs_prints_the_output_and_follows_it_to_the_end() -> None:
+    h = Harness()
+    run_id = "r000000000001000000"
+    h.scheduler.outputs[run_id] = (b"first\n", False)
+    with trio.fail_after(30):
+        async with live_server(h.app) as url:
+            viewer = ["--address", url, "--token", h.token(Role.VIEWER)]
+            result = await run_in_thread([*viewer, "run", "logs", run_id])
+            assert result.exit_code == 0 and result.stdout == "first\n"
+            result = await run_in_thread([*viewer, "-o", "json", "run", "logs", run_id])
+            assert json.loads(result.stdout) == {"run_id": run_id, "output": "first\n"}
+
+            async def finish() -> None:
+                await trio.sleep(1.0)
+                h.scheduler.outputs[run_id] = (b"first\nsecond\n", False)
+                await trio.sleep(1.0)
+                h.scheduler.outputs[run_id] = (b"first\nsecond\n", True)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(finish)
+                result = await run_in_thread([*viewer, "run", "logs", "-f", run_id])
+            assert result.exit_code == 0 and result.stdout == "first\nsecond\n"
+            h.scheduler.missing_runs.add("r000000000009000000")
+            missing = await run_in_thread([*viewer, "run", "logs", "r000000000009000000"])
+            assert missing.exit_code == 1 and "404" in missing.stderr

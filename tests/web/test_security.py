@@ -51,6 +51,7 @@ PROTECTED: list[tuple[str, str, str, dict[str, object] | None, Role]] = [
     ("GET", "/api/v1/runs", "/api/v1/runs", None, Role.VIEWER),
     ("GET", "/api/v1/runs/<run_id>", "/api/v1/runs/r1", None, Role.VIEWER),
     ("POST", "/api/v1/runs/<run_id>/cancel", "/api/v1/runs/r1/cancel", None, Role.OPERATOR),
+    ("GET", "/api/v1/runs/<run_id>/output", "/api/v1/runs/r1/output", None, Role.VIEWER),
 ]
 PUBLIC = [("GET", "/healthz"), ("GET", "/readyz")]
 
