@@ -60,7 +60,8 @@ class LocalCluster:
     gossip_port_base: int = 0
     voters: int = 0
     tick_ms: int = 50
-    extra_args: list[str] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)  # flags for every agent
+    node_args: dict[str, list[str]] = field(default_factory=dict)  # and for one, by name
     nodes: dict[str, DevNode] = field(default_factory=dict)
     admin_token: str = ""
 
@@ -137,6 +138,7 @@ class LocalCluster:
             "--secrets-dir",
             str(self.secrets_dir),
             *self.extra_args,
+            *self.node_args.get(node.name, []),
         ]
 
     def start_node(self, name: str) -> DevNode:
