@@ -79,23 +79,28 @@ def tags_match(wanted: Mapping[str, str], offered: Mapping[str, str]) -> bool:
 # ---------------------------------------------------------------- firing
 
 
-def due_fires(state: StateTables, now_ms: int, batch_max: int) -> list[Command]:
-    """``SkipSlots`` for late slots the misfire policies drop, then one ``Fire`` with
-    at most ``batch_max`` (job, slot) items, oldest slot first across jobs (a job
-    with a backlog does not starve the others). Looks at most ``batch_max`` jobs."""
-    assert batch_max >= 1, batch_max
+def due_fires(
+    state: StateTables, now_ms: int, batch_max: int, batches_max: int = 1
+) -> list[Command]:
+    """``SkipSlots`` for late slots the misfire policies drop, then up to
+    ``batches_max`` ``Fire`` commands of at most ``batch_max`` (job, slot) items each,
+    oldest slot first across jobs (a job with a backlog does not starve the others).
+    Looks at most ``batch_max * batches_max`` jobs."""
+    assert batch_max >= 1 and batches_max >= 1, (batch_max, batches_max)
+    items_max = batch_max * batches_max
     skips: list[Command] = []
     slots: list[list[tuple[int, str]]] = []
     for job in state.due_jobs(now_ms):
-        if len(slots) >= batch_max:
+        if len(slots) >= items_max:
             break
         skip, fire = _plan_job(job, now_ms)
         if skip is not None:
             skips.append(skip)
         slots.append([(slot, job.id) for slot in fire])
     merged = heapq.merge(*slots)  # each job's slots stay in order
-    items = tuple((job_id, slot) for slot, job_id in itertools.islice(merged, batch_max))
-    return skips + ([Fire(items, now_ms)] if items else [])
+    items = [(job_id, slot) for slot, job_id in itertools.islice(merged, items_max)]
+    fires = [Fire(tuple(items[i : i + batch_max]), now_ms) for i in range(0, len(items), batch_max)]
+    return skips + fires
 
 
 def _plan_job(job: Job, now_ms: int) -> tuple[SkipSlots | None, list[int]]:

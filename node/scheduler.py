@@ -67,7 +67,8 @@ log = logging.getLogger("rota.scheduler")
 
 PLAN_INTERVAL_S = 0.1
 WORKER_SLOTS_DEFAULT = 4
-FIRE_BATCH_MAX = 256
+FIRE_BATCH_MAX = 256  # slots per Fire entry
+FIRE_BATCHES_MAX = 64  # Fire entries per planning round, proposed together
 ASSIGN_BATCH_MAX = 256
 TIMEOUT_BATCH_MAX = 64
 TIMEOUT_GRACE_MS = 30_000
@@ -269,19 +270,44 @@ class SchedulerService:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started()
+        busy = False
         while True:
-            await trio.sleep(PLAN_INTERVAL_S)
-            if self.role() is not Role.LEADER:
-                continue
-            for cmd in self.plan(now_ms()):
-                outcome = await self.submit(cmd)
-                if not isinstance(outcome, Committed):
-                    break  # leadership moved or the log is slow: plan again next round
+            await trio.sleep(0 if busy else self._until_next_round_s())
+            busy = False
+            if self.role() is Role.LEADER:
+                busy = await self.run_round(self.plan(now_ms()))
+
+    def _until_next_round_s(self) -> float:
+        """Plan every ``PLAN_INTERVAL_S``, or sooner when a slot falls due before."""
+        due = self.sm.state.next_due_ms()
+        if due is None:
+            return PLAN_INTERVAL_S
+        return min(PLAN_INTERVAL_S, max(0.0, (due - now_ms()) / 1000))
+
+    async def run_round(self, cmds: list[Command]) -> bool:
+        """Propose one round's commands: skips first (a job's slots are taken in
+        order), then the rest together, so they share the leader's fsyncs. True when
+        the round was full and everything committed: plan again at once."""
+        skips = [c for c in cmds if isinstance(c, SkipSlots)]
+        rest = [c for c in cmds if not isinstance(c, SkipSlots)]
+        for group in (skips, rest):
+            outcomes: list[Outcome] = []
+
+            async def submit(cmd: Command, into: list[Outcome] = outcomes) -> None:
+                into.append(await self.submit(cmd))
+
+            async with trio.open_nursery() as nursery:
+                for cmd in group:
+                    nursery.start_soon(submit, cmd)
+            if not all(isinstance(o, Committed) for o in outcomes):
+                return False  # leadership moved or the log is slow: plan again later
+        fires = sum(len(c.items) for c in cmds if isinstance(c, Fire))
+        return fires >= FIRE_BATCH_MAX * FIRE_BATCHES_MAX
 
     def plan(self, now: int) -> list[Command]:
         state = self.sm.state
         cmds: list[Command] = []
-        cmds += due_fires(state, now, FIRE_BATCH_MAX)
+        cmds += due_fires(state, now, FIRE_BATCH_MAX, FIRE_BATCHES_MAX)
         cmds += lost_nodes(state, self.gone_nodes(), now)
         cmds += placements(state, self.loads(), now, ASSIGN_BATCH_MAX, queue_max=self.queue_max)
         cmds += timeouts(state, now, TIMEOUT_GRACE_MS, TIMEOUT_BATCH_MAX)

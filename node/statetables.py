@@ -258,6 +258,10 @@ class StateTables:
         for _, _, job_id in self._job_order.from_((namespace, name, "")):
             yield self._jobs[job_id]
 
+    def next_due_ms(self) -> int | None:
+        """The earliest time a job's next slot is due (None: no job is scheduled)."""
+        return self._due[0][0] if self._due else None
+
     def due_jobs(self, until_ms: int) -> Iterator[Job]:
         """Jobs whose next slot is due at or before ``until_ms``, earliest first."""
         for due, job_id in self._due:

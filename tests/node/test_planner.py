@@ -164,6 +164,23 @@ def test_fires_are_bounded_per_round_and_oldest_due_first() -> None:
         (jobs[1], T0 + MIN + 1000),
         (jobs[2], T0 + MIN + 2000),
     )
+    # Several batches in one round: all six due slots (five jobs' first, j0's second),
+    # oldest first, split by the batch size.
+    fires = due_fires(leader.state, T0 + 2 * MIN, 3, batches_max=3)
+    assert [len(f.items) for f in fires if isinstance(f, Fire)] == [3, 3]
+    items = [item for f in fires if isinstance(f, Fire) for item in f.items]
+    assert items == sorted(items, key=lambda item: (item[1], item[0]))
+    assert {job for job, _ in items} == set(jobs)
+    leader.apply(fires)
+    assert len(leader.fired) == 6  # every batch applied: no item was a duplicate
+
+
+def test_the_next_due_time_is_the_earliest_jobs() -> None:
+    leader = Leader()
+    assert leader.state.next_due_ms() is None
+    leader.job("late", now=T0 + 1, schedule=EverySchedule(60, 30))
+    leader.job("soon", now=T0 + 1, schedule=EverySchedule(60, 10))
+    assert leader.state.next_due_ms() == T0 + 10_000
 
 
 @settings(max_examples=25, deadline=None)

@@ -13,7 +13,16 @@ import trio
 import trio.testing
 
 from consensus.types import Role
-from node.commands import Assign, Command, CreateJob, Ok, SubmitTasks, decode_result, encode_command
+from node.commands import (
+    Assign,
+    Command,
+    CreateJob,
+    Fire,
+    Ok,
+    SubmitTasks,
+    decode_result,
+    encode_command,
+)
 from node.driver import Committed
 from node.executors import Executors, RunResult, ScriptedExecutor
 from node.model import EverySchedule, JobSpec, MisfirePolicy, TaskSpec
@@ -179,3 +188,20 @@ async def test_a_start_delay_is_observed_on_the_node_that_starts(
     (delay,) = harness.events.named("run_started")
     assert isinstance(delay, float) and delay >= 0
     assert harness.events.named("run_finished") == ["failed"]
+
+
+async def test_a_round_fires_every_due_slot_in_several_entries(harness: Harness) -> None:
+    wall = now_ms()
+    now = wall - (wall - 30_000) % 60_000
+    specs = [JobSpec(f"j{i}", EverySchedule(60), SHELL) for i in range(600)]
+    for spec in specs:  # created 40 s before ``now``: one slot due 10 s before it
+        await harness.apply(CreateJob(spec, now - 40_000))
+    leader = harness.service("n1", slots=0)
+    harness.role = Role.LEADER
+    before = harness.index
+    full = await leader.run_round(leader.plan(now))
+    assert not full  # 600 slots are fewer than a round can take
+    assert harness.index - before == 3  # 256 + 256 + 88 slots, one entry each
+    assert len(harness.events.named("fired")) == 600
+    assert not [c for c in leader.plan(now) if isinstance(c, Fire)]  # nothing left due
+    assert 0 <= leader._until_next_round_s() <= 0.1
