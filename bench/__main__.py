@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import cluster, storage, tasks
+from bench import cluster, fires, rss, steal, storage, tasks
 from bench.core import Section, SectionResult, filesystem_of, format_table, merge_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,6 +17,9 @@ SECTIONS: dict[str, Section] = {
     "storage": storage.run,
     "cluster": cluster.run,
     "tasks": tasks.run,
+    "fires": fires.run,
+    "rss": rss.run,
+    "steal": steal.run,
 }
 
 

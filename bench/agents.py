@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from bench.core import metric_samples
+from bench.core import Labels, metric_samples
 from bench.load import Request
 from node import auth
 from node.devcluster import LocalCluster
@@ -28,20 +28,29 @@ PAGE_LIMIT = 500  # node.queries.PAGE_SIZE_MAX
 def agent_flags(settings: Mapping[str, object]) -> list[str]:
     """``{"worker_slots": 0}`` -> ``["--worker-slots", "0"]`` (every config key is a flag)."""
     argv: list[str] = []
-    for key, value in {**BENCH_FLAGS, **settings}.items():
-        argv += [
-            "--" + key.replace("_", "-"),
-            str(value).lower() if isinstance(value, bool) else str(value),
-        ]
+    for key, value in settings.items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        argv += ["--" + key.replace("_", "-"), text]
     return argv
 
 
 def start_cluster(
-    workdir: Path, http_port: int, settings: Mapping[str, object], nodes: int = 3
+    workdir: Path,
+    http_port: int,
+    settings: Mapping[str, object],
+    nodes: int = 3,
+    per_node: Mapping[str, Mapping[str, object]] | None = None,
 ) -> LocalCluster:
-    """A started cluster of ``nodes`` agents with config ``settings``, with a leader that
-    every node agrees on. The caller stops it."""
-    c = LocalCluster(workdir, nodes, http_port, extra_args=agent_flags(settings))
+    """A started cluster of ``nodes`` agents with config ``settings`` (over
+    ``BENCH_FLAGS``; ``per_node`` over both, by node name), with a leader that every
+    node agrees on. The caller stops it."""
+    c = LocalCluster(
+        workdir,
+        nodes,
+        http_port,
+        extra_args=agent_flags({**BENCH_FLAGS, **settings}),
+        node_args={name: agent_flags(s) for name, s in (per_node or {}).items()},
+    )
     c.start()
     try:
         c.wait_leader()
@@ -69,9 +78,9 @@ def metrics_text(c: LocalCluster, name: str) -> str:
         return text
 
 
-def metric_value(c: LocalCluster, name: str, metric: str) -> float:
-    """The sum of ``metric``'s samples on node ``name`` (0 when absent)."""
-    return sum(v for _, v in metric_samples(metrics_text(c, name), metric))
+def metric_samples_of(c: LocalCluster, name: str, metric: str) -> list[tuple[Labels, float]]:
+    """The samples of ``metric`` on node ``name``, with their labels."""
+    return metric_samples(metrics_text(c, name), metric)
 
 
 def applied_index(c: LocalCluster, name: str) -> int:

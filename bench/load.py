@@ -183,7 +183,7 @@ def parse_wrk_output(stdout: str) -> dict[str, object]:
     raise ValueError(f"no {WRK_MARK.strip()} line in wrk output: {stdout[-500:]!r}")
 
 
-def _result_from_wrk(parsed: dict[str, object], duration_s: float) -> LoadResult:
+def wrk_result(parsed: dict[str, object], duration_s: float) -> LoadResult:
     statuses = parsed["statuses"]
     assert isinstance(statuses, dict), statuses
     p50, p99 = parsed["p50_us"], parsed["p99_us"]
@@ -243,7 +243,7 @@ def for_duration(
     parsed = parse_wrk_output(out.stdout)
     duration_us = parsed["duration_us"]
     assert isinstance(duration_us, int), parsed
-    return _result_from_wrk(parsed, duration_us / 1e6)
+    return wrk_result(parsed, duration_us / 1e6)
 
 
 def each_once(req: Request, bodies: Sequence[str], connections: int, workdir: Path) -> LoadResult:
@@ -283,7 +283,7 @@ def each_once(req: Request, bodies: Sequence[str], connections: int, workdir: Pa
             proc.wait()
     if WRK_MARK not in stdout:
         raise RuntimeError(f"wrk printed no summary ({proc.returncode}): {stderr[-500:]}")
-    result = _result_from_wrk(parse_wrk_output(stdout), elapsed)
+    result = wrk_result(parse_wrk_output(stdout), elapsed)
     unanswered = len(bodies) - sum(result.statuses.values())
     if unanswered:
         notes.append(f"{unanswered} requests got no answer (lost with their connection)")
