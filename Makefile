@@ -30,7 +30,13 @@ test: lint
 sim: $(STAMP)
 	$(BIN)/python -m simulations --seeds $(SEEDS)
 
+# wrk drives the API benchmarks (bench/load.py); install it when missing and root on
+# Debian, as .ci/run does for make. Without it the bench falls back and says so.
 bench: $(STAMP)
+	@if ! command -v wrk >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+	    && [ "$$(id -u)" = "0" ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; \
+	fi
 	$(BIN)/python -m bench
 
 fmt: $(STAMP)

@@ -18,10 +18,10 @@ import os
 import statistics
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-from bench.core import Metric, SectionResult
+from bench import agents
+from bench.core import Metric, SectionResult, percentile
 from node.devcluster import LocalCluster
 
 TRIALS = int(os.environ.get("ROTA_BENCH_FAILOVER_TRIALS", "10"))
@@ -56,31 +56,12 @@ def failover_trial(c: LocalCluster) -> float:
         time.sleep(POLL_S)
     c.start_node(leader)
     c.wait_leader()
-    _wait_caught_up(c, leader)
+    agents.wait_caught_up(c, [leader], timeout_s=30)
     return elapsed_ms
 
 
-def _wait_caught_up(c: LocalCluster, name: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        v = c.cluster_view(name)
-        if v and v.get("leader"):
-            me = [m for m in v["members"] if m["id"] == name]  # type: ignore[attr-defined]
-            if me and int(me[0]["applied_index"]) >= int(v["commit_index"]):  # type: ignore[call-overload]
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"{name} did not catch up")
-
-
 def _leader_changes(c: LocalCluster, name: str) -> float:
-    req = urllib.request.Request(
-        c.nodes[name].api + "/metrics", headers={"Authorization": f"Bearer {c.admin_token}"}
-    )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith("rota_raft_leader_changes_total "):
-                return float(line.split()[1])
-    return 0.0
+    return sum(v for _, v in agents.metric_samples_of(c, name, "rota_raft_leader_changes_total"))
 
 
 def steady_leader_changes(c: LocalCluster, duration_s: float) -> tuple[float, int]:
@@ -115,7 +96,7 @@ def run(workdir: Path) -> SectionResult:
     finally:
         c.stop()
     trials.sort()
-    p99 = trials[min(len(trials) - 1, round(0.99 * (len(trials) - 1)))]
+    p99 = percentile(trials, 99)
     election_ms = 10 * c.tick_ms
     return SectionResult(
         [
