@@ -3,9 +3,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SEEDS ?= 0:20000
+CHAOS_SEEDS ?= 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20
+CHAOS_NODES ?= 5
+CHAOS_DURATION ?= 120
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test bench sim lint fmt clean
+.PHONY: run test bench sim chaos lint fmt clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -26,6 +29,14 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m simulations --seeds 0:300
+	$(BIN)/python -m simulations.chaos --nodes 3 --duration 40 --seed 1
+
+# Real agents under injected faults, one seed after another; fails if any seed did.
+chaos: $(STAMP)
+	failed=0; for seed in $(CHAOS_SEEDS); do \
+	  $(BIN)/python -m simulations.chaos --nodes $(CHAOS_NODES) --duration $(CHAOS_DURATION) \
+	    --seed $$seed || failed=1; \
+	done; exit $$failed
 
 sim: $(STAMP)
 	$(BIN)/python -m simulations --seeds $(SEEDS)

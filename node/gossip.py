@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import msgpack
@@ -126,6 +126,9 @@ class GossipService:
         self._changed = trio.Event()
         self._subscribers: list[trio.MemorySendChannel[MemberEvent]] = []
         self._counts = GossipCounters()
+        # Fault injection (node/faults.py, only with fault_injection on): a datagram
+        # goes out only if ``outbound_hook(addr)`` allows it.
+        self.outbound_hook: Callable[[Addr], bool] | None = None
 
     # ================================================================ observers
     @property
@@ -241,6 +244,8 @@ class GossipService:
             assert not outbox, "the core produced datagrams before the service ran"
             return
         for addr, msg in outbox:
+            if self.outbound_hook is not None and not self.outbound_hook(addr):
+                continue
             data = encode_datagram(msg, self._key)
             assert len(data) <= self.swim.config.max_datagram_bytes, "the core's size bound"
             try:

@@ -242,6 +242,9 @@ class PeerTransport:
         self._inbound_refused = 0
         self._dropped_unknown = 0
         self._log = _LogBudget(limits.log_lines_per_s_max)
+        # Fault injection (node/faults.py, only with fault_injection on): every frame
+        # queued for a peer goes through ``outbound_hook(peer, put)`` instead of ``put()``.
+        self.outbound_hook: Callable[[NodeId, Callable[[], bool]], bool] | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -310,7 +313,7 @@ class PeerTransport:
             link.counters.frames_dropped += 1
             self._log(logging.ERROR, "%s: cannot send a frame to %s: %s", self.node_id, peer, e)
             return False
-        if not link.queue.put(data):
+        if not self._put(peer, link.queue, data):
             link.counters.frames_dropped += 1
             return False
         return True
@@ -336,7 +339,7 @@ class PeerTransport:
         data = encode_frame(Request(req_id, method, body), self._limits.max_frame_bytes)
         pending = self._pending[req_id] = _Pending(peer)
         try:
-            if not link.queue.put(data, req_id):
+            if not self._put(peer, link.queue, data, req_id):
                 link.counters.frames_dropped += 1
                 raise PeerUnavailable(f"send queue to {peer} is full")
             with trio.move_on_after(timeout_s):
@@ -596,8 +599,14 @@ class PeerTransport:
         except WireError:
             error = Response(response.req_id, False, b"response larger than max_frame_bytes")
             data = encode_frame(error, self._limits.max_frame_bytes)
-        if not conn.queue.put(data):
+        if not self._put(conn.peer, conn.queue, data):
             conn.counters.frames_dropped += 1
+
+    def _put(self, peer: NodeId, queue: SendQueue, data: bytes, req_id: int = 0) -> bool:
+        """Queue one frame for ``peer`` (through the fault-injection hook if installed)."""
+        if self.outbound_hook is None:
+            return queue.put(data, req_id)
+        return self.outbound_hook(peer, lambda: queue.put(data, req_id))
 
     def _fail(self, pending: _Pending, reason: str) -> None:
         if not pending.done.is_set():
