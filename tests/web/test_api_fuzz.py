@@ -40,7 +40,7 @@ from tests.web.realnode import fingerprint, real_scheduler
 from web.problems import PROBLEM_BASE, PROBLEM_CONTENT_TYPE
 from web.security import ApiLimits, Role
 
-EXAMPLES = 20  # per operation and generation mode
+EXAMPLES = 12  # per operation and generation mode
 FOUNDING_MEMBERS = frozenset({"n1", "n2", "n3"})
 # The dashboard's page and files are static and have their own tests; the docs' asset
 # route, fuzzed here, takes the same kind of input (a file name).
