@@ -294,6 +294,8 @@ def _operation(route: RouteLike, method: str, op: Operation, page_size_max: int)
     role = str(route.access.value)
     names = _RULE_PARAM.findall(route.rule)
     params = [_path_param(n) for n in names]
+    if op.tag in SCHEDULER_TAGS:  # the scheduler's listings have their own cap as well
+        page_size_max = min(page_size_max, PAGE_SIZE_MAX_DEFAULT)
     params += [_query_param(n, page_size_max) for n in sorted(route.query)]
     params += [
         {"name": h, "in": "header", "required": False, "schema": HEADER_PARAMS[h], "description": d}

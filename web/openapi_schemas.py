@@ -58,7 +58,9 @@ RUN_STATES: Final = (
     "cancelled",
     "skipped",
 )
-PAGE_SIZE_MAX_DEFAULT: Final = 500  # ApiLimits.page_size_max; the node's own cap is the same
+# ApiLimits.page_size_max by default, and the scheduler's own cap on a listing's page
+# (node.queries.PAGE_SIZE_MAX) whatever the configuration says.
+PAGE_SIZE_MAX_DEFAULT: Final = 500
 
 
 # ---------------------------------------------------------------- components

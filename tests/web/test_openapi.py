@@ -82,6 +82,10 @@ def test_the_page_size_maximum_is_the_nodes() -> None:
         p for p in doc["paths"]["/api/v1/runs"]["get"]["parameters"] if p["name"] == "limit"
     )
     assert limit["schema"]["maximum"] == 7
+    doc = openapi.document(ROUTES, page_size_max=10_000)
+    for path, most in (("/api/v1/runs", 500), ("/api/v1/nodes", 10_000)):
+        limit = next(p for p in doc["paths"][path]["get"]["parameters"] if p["name"] == "limit")
+        assert limit["schema"]["maximum"] == most, path
     assert ApiLimits().page_size_max == openapi_schemas.PAGE_SIZE_MAX_DEFAULT
     assert openapi_schemas.PAGE_SIZE_MAX_DEFAULT == node.queries.PAGE_SIZE_MAX
 
