@@ -16,7 +16,9 @@ Rules enforced here:
   duplicate, stale, reordered or out-of-schedule item is ignored. Each accepted slot
   leaves a fire record (the scheduled attempt-1 run of that slot), fired or skipped.
 - Misfires: ``SkipSlots`` moves the cursor over missed slots, counts them in the job
-  (``skipped_slots``) and leaves one ``skipped`` run saying how many and why.
+  (``skipped_slots``: the slots between the cursor and the command's last one, at
+  most its ``count``, since a plan from a lagging replica may name slots that have
+  fired since) and leaves one ``skipped`` run saying how many and why.
 - Fencing: a run's token is the index of the entry that created or last (re)assigned
   it. ``Start`` needs the run queued on that node with that token; ``Complete`` and
   ``TimeoutRun`` need it running with that token. Otherwise ``Rejected(stale_token)``
@@ -90,7 +92,7 @@ from node.model import (
     retry_delay_ms,
     run_id_for,
 )
-from node.schedule import AtSchedule, Schedule, jitter_ms, next_slot_ms
+from node.schedule import AtSchedule, Schedule, jitter_ms, next_slot_ms, slots_between
 from node.sortedlist import SortedList
 from node.statetables import (
     TABLE_JOBS,
@@ -346,9 +348,12 @@ class SchedulerState(StateTables):
             return Rejected(
                 "invalid", f"{through} is not a past slot of {job.id}", "through_slot_ms"
             )
-        reason = f"misfire ({cmd.policy}): {cmd.count} slot(s) through this one skipped"
+        # Count what this skips from the cursor as it is now: the plan's count was taken
+        # on a replica that may lag (slots it saw may have fired since). Never more.
+        count = len(slots_between(job.spec.schedule, job.last_slot_ms, through, cmd.count))
+        reason = f"misfire ({cmd.policy}): {count} slot(s) through this one skipped"
         run_id = self._skip_run(job, through, "scheduled", reason, cmd.now_ms)
-        self._put_job(self._moved(job, through, skipped_slots=cmd.count))
+        self._put_job(self._moved(job, through, skipped_slots=count))
         return Ok((run_id,))
 
     def _start_slot(self, job: Job, slot_ms: int, kind: RunKind, now_ms: int) -> str:

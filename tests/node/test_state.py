@@ -282,6 +282,21 @@ def test_skip_slots_moves_the_cursor_and_accounts_for_the_slots() -> None:
     assert n.rejected(SkipSlots(job_id, T0 + 20 * MIN, 1, "skip", T0 + 9 * MIN)).code == "invalid"
 
 
+def test_skip_slots_planned_on_a_lagging_replica_counts_only_what_it_skips() -> None:
+    # A new leader whose replica still had the cursor at T0 planned "skip 3 slots
+    # through T0+3min"; by the time that applies, an earlier leader's Fire of T0+1min
+    # and T0+2min is in. Only T0+3min is skipped (found by the scheduler simulation).
+    n = Node()
+    job_id = n.create(spec(concurrency="allow"))
+    n.fire(job_id)
+    n.fire(job_id)
+    (run_id,) = n.ok(SkipSlots(job_id, T0 + 3 * MIN, 3, "skip", T0 + 9 * MIN))
+    job = n.state.job(job_id)
+    assert job is not None and (job.last_slot_ms, job.skipped_slots) == (T0 + 3 * MIN, 1)
+    error = n.run(run_id).error
+    assert error is not None and "1 slot(s)" in error
+
+
 def test_a_one_off_in_the_past_is_due_at_once() -> None:
     n = Node()
     job_id = n.create(spec(schedule=AtSchedule(T0 - 5000)), now=T0)
