@@ -115,6 +115,7 @@ class Scenario:
         self.registers: dict[str, str] = {}  # register name -> job id
         self.expected_exits: set[str] = set()  # nodes we stopped (or filled the disk of)
         self.t0 = 0.0
+        self.rng = random.Random(f"{self.seed}/runner")  # the main thread's choices
 
     # ------------------------------------------------------------------ clients
     def api(self, node: str, timeout_s: float = CLIENT_TIMEOUT_S) -> ApiClient:
@@ -205,7 +206,7 @@ class Scenario:
                 name,
                 "create",
                 marker,
-                lambda: self.api(random.choice(self.names)).post("/api/v1/jobs", body),
+                partial(self.api(self.rng.choice(self.names)).post, "/api/v1/jobs", body),
                 lambda j: None,
             )
             if op.status == "ok" and isinstance(job, dict):
@@ -385,7 +386,7 @@ class Scenario:
         self.cluster.wait_leader(timeout_s=HEAL_TIMEOUT_S)
         for name, job_id in self.registers.items():
             while True:  # a final linearizable read of each register, recorded
-                api = self.api(random.choice(self.names))
+                api = self.api(self.rng.choice(self.names))
                 op, _ = self.history.record(
                     "final",
                     name,
