@@ -336,8 +336,10 @@ def _client_thread(
     statuses[-1] += errors  # -1: socket errors, split off by the caller
 
 
-def _client_process(share: _Share) -> tuple[dict[int, int], list[float]]:
-    """Run ``share.threads`` client threads; their statuses and latencies (s)."""
+def _client_process(share: _Share) -> tuple[dict[int, int], list[float], float, float]:
+    """Run ``share.threads`` client threads; their statuses, latencies (s), and when
+    they started and ended (``perf_counter``: CLOCK_MONOTONIC, one clock for every
+    process, so the load is timed without the processes' start-up)."""
     statuses: Counter[int] = Counter()
     latencies: list[float] = []
     parts = [
@@ -348,11 +350,12 @@ def _client_process(share: _Share) -> tuple[dict[int, int], list[float]]:
         threading.Thread(target=_client_thread, args=(share, part, statuses, latencies))
         for part in parts
     ]
+    start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return dict(statuses), latencies
+    return dict(statuses), latencies, start, time.perf_counter()
 
 
 def _python_load(
@@ -380,13 +383,12 @@ def _python_load(
         )
         for p in range(processes)
     ]
-    start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         parts = pool.map(_client_process, shares)
-    elapsed = time.perf_counter() - start
+    elapsed = max(p[3] for p in parts) - min(p[2] for p in parts)
     statuses: Counter[int] = Counter()
     latencies: list[float] = []
-    for counts, lat in parts:
+    for counts, lat, _, _ in parts:
         statuses.update(counts)
         latencies += lat
     errors = statuses.pop(-1, 0)

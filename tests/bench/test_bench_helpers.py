@@ -1,5 +1,5 @@
 """The benchmark sections' pure helpers: percentiles, Prometheus text, wrk's summary
-line, fire floors, memory and makespan arithmetic. No clusters, no timing."""
+line, job bodies, memory and makespan arithmetic. No clusters, no timing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from bench.agents import agent_flags
 from bench.core import histogram_buckets, histogram_quantile, metric_samples, percentile
-from bench.fires import fire_floor_ms, job_body, parse_instant_ms, size_tag
+from bench.fires import job_body, parse_instant_ms, size_tag
 from bench.load import LoadResult, parse_wrk_output, wrk_result
 from bench.rss import per_job_bytes
 from bench.steal import ideal_makespan_s, makespan_s
@@ -78,12 +78,6 @@ def test_only_2xx_answers_count_as_done() -> None:
     result = LoadResult("python", 2.0, {200: 4, 201: 6, 429: 3, 500: 1})
     assert (result.ok, result.not_ok, result.ok_per_s()) == (10, 4, 5.0)
     assert LoadResult("wrk", 0.0, {}).ok_per_s() == 0.0
-
-
-def test_fire_floor_counts_planning_rounds() -> None:
-    assert fire_floor_ms(10_000, 256, 0.1) == pytest.approx(4000.0)  # 40 rounds
-    assert fire_floor_ms(256, 256, 0.1) == pytest.approx(100.0)
-    assert fire_floor_ms(1, 256, 0.1) == pytest.approx(100.0)
 
 
 def test_job_bodies_and_instants() -> None:
