@@ -141,6 +141,15 @@ def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | 
     return lower_bound
 
 
+def histogram_fraction_at_most(buckets: list[tuple[float, float]], bound: float) -> float | None:
+    """The exact fraction of observations <= ``bound`` when ``bound`` is one of the
+    bucket bounds (a goal like "p99 <= 250 ms" is "this fraction >= 0.99"); None when
+    it is not a bound or nothing was observed."""
+    total = buckets[-1][1] if buckets else 0.0
+    count = next((n for le, n in buckets if le == bound), None)
+    return None if count is None or total <= 0 else count / total
+
+
 def merge_results(path: Path, results: dict[str, SectionResult]) -> dict[str, object]:
     """Write ``results`` into the JSON file at ``path``, keeping other sections' keys."""
     merged: dict[str, object] = {}

@@ -9,7 +9,13 @@ import math
 import pytest
 
 from bench.agents import agent_flags
-from bench.core import histogram_buckets, histogram_quantile, metric_samples, percentile
+from bench.core import (
+    histogram_buckets,
+    histogram_fraction_at_most,
+    histogram_quantile,
+    metric_samples,
+    percentile,
+)
 from bench.fires import job_body, parse_instant_ms, size_tag
 from bench.load import LoadResult, parse_wrk_output, wrk_result
 from bench.rss import per_job_bytes
@@ -56,6 +62,10 @@ def test_histogram_quantile_interpolates_inside_the_bucket() -> None:
     assert histogram_quantile([(1.0, 1.0), (math.inf, 10.0)], 0.99) == 1.0  # in +Inf
     assert histogram_quantile([(1.0, 0.0), (math.inf, 0.0)], 0.5) is None
     assert histogram_quantile([], 0.5) is None
+    assert histogram_fraction_at_most(buckets, 0.25) == 1.0
+    assert histogram_fraction_at_most(buckets, 0.1) == 0.0
+    assert histogram_fraction_at_most(buckets, 0.2) is None  # not a bucket bound
+    assert histogram_fraction_at_most([], 0.25) is None
 
 
 def test_wrk_summary_line_parses_into_a_result() -> None:
