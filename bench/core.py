@@ -1,4 +1,6 @@
-"""What a benchmark section returns, and how results are merged, stored and printed."""
+"""What a benchmark section returns, and how results are merged, stored and printed;
+plus the arithmetic the sections share: nearest-rank percentiles, sizes from the
+environment, and reading Prometheus text (samples, histogram buckets and quantiles)."""
 
 from __future__ import annotations
 
