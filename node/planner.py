@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -97,7 +97,10 @@ def due_fires(
         if skip is not None:
             skips.append(skip)
         slots.append([(slot, job.id) for slot in fire])
-    merged = heapq.merge(*slots)  # each job's slots stay in order
+    if sum(map(len, slots)) <= 4 * items_max:  # the usual case: one slot per job
+        merged: Iterable[tuple[int, str]] = sorted(itertools.chain.from_iterable(slots))
+    else:  # a backlog: take the oldest lazily
+        merged = heapq.merge(*slots)  # each job's slots stay in order
     items = [(job_id, slot) for slot, job_id in itertools.islice(merged, items_max)]
     fires = [Fire(tuple(items[i : i + batch_max]), now_ms) for i in range(0, len(items), batch_max)]
     return skips + fires

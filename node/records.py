@@ -125,6 +125,8 @@ def built(what: str, build: Callable[..., T], /, *args: object) -> T:
 
 
 def _sorted_map(m: Mapping[str, object]) -> dict[str, object]:
+    if not m:
+        return {}  # the common case (no tags, metadata or env): skip the sort
     return {k: plain_json(m[k]) for k in sorted(m)}
 
 

@@ -89,17 +89,30 @@ class StateTables:
 
     def _put_job(self, job: Job) -> None:
         old = self._jobs.get(job.id)
-        if old is not None:
-            self._index_job(old, add=False)
-        self._index_job(job)
+        if old is not None and _job_identity(old) == _job_identity(job):
+            # The usual update (a fire moves the cursor): only the due index changes.
+            if old.next_fire_at != job.next_fire_at:
+                if old.next_fire_at is not None:
+                    self._due.remove((old.next_fire_at, old.id))
+                if job.next_fire_at is not None:
+                    self._due.add((job.next_fire_at, job.id))
+        else:
+            if old is not None:
+                self._index_job(old, add=False)
+            self._index_job(job)
         self._jobs[job.id] = job
         self._dirty_jobs.add(job.id)
 
     def _put_run(self, run: Run) -> None:
         old = self._runs.get(run.id)
-        if old is not None:
-            self._index_run(old, add=False)
-        self._index_run(run)
+        if old is not None and _run_identity(old) == _run_identity(run):
+            # The usual update (a state change): only the state indexes change.
+            self._index_run_state(old, add=False)
+            self._index_run_state(run)
+        else:
+            if old is not None:
+                self._index_run(old, add=False)
+            self._index_run(run)
         self._runs[run.id] = run
         self._dirty_runs.add(run.id)
         if run.state in TERMINAL_STATES:
@@ -133,11 +146,31 @@ class StateTables:
     def _index_run(self, run: Run, add: bool = True) -> None:
         """Add ``run`` to (or remove it from) every run index it belongs in."""
         _toggle(self._run_order, run.id, add)
+        if run.job_id is not None:
+            _toggle_in(self._job_runs, run.job_id, run.id, add)
+        if run.kind == "scheduled" and run.attempt == 1:
+            assert run.job_id is not None
+            slot = (run.job_id, run.scheduled_at)
+            if add:
+                assert slot not in self._fires, ("two fire records", slot)
+                self._fires[slot] = run.id
+            else:
+                del self._fires[slot]
+        if run.submit_key is not None:
+            if add:
+                assert run.submit_key not in self._keys, run.submit_key
+                self._keys[run.submit_key] = run.id
+            else:
+                del self._keys[run.submit_key]
+            _toggle(self._key_order, (run.queued_at, run.id), add)
+        self._index_run_state(run, add)
+
+    def _index_run_state(self, run: Run, add: bool = True) -> None:
+        """The indexes that follow a run's state, node and times (``_run_identity``
+        fixes the others)."""
         job_id, node, state = run.job_id, run.node, run.state
-        if job_id is not None:
-            _toggle_in(self._job_runs, job_id, run.id, add)
-            if state in ACTIVE_STATES:
-                _toggle_in(self._active, job_id, run.id, add)
+        if job_id is not None and state in ACTIVE_STATES:
+            _toggle_in(self._active, job_id, run.id, add)
         if state == "queued":
             if node is None:
                 _toggle(self._unassigned, queue_key(run), add)
@@ -154,21 +187,6 @@ class StateTables:
                 _toggle_in(
                     self._skipped if state == "skipped" else self._finished, job_id, ended, add
                 )
-        if run.kind == "scheduled" and run.attempt == 1:
-            assert job_id is not None
-            slot = (job_id, run.scheduled_at)
-            if add:
-                assert slot not in self._fires, ("two fire records", slot)
-                self._fires[slot] = run.id
-            else:
-                del self._fires[slot]
-        if run.submit_key is not None:
-            if add:
-                assert run.submit_key not in self._keys, run.submit_key
-                self._keys[run.submit_key] = run.id
-            else:
-                del self._keys[run.submit_key]
-            _toggle(self._key_order, (run.queued_at, run.id), add)
 
     # ------------------------------------------------------------ persistence
 
@@ -344,6 +362,16 @@ _INDEXES: Final = (
     "_keys",
     "_key_order",
 )
+
+
+def _job_identity(job: Job) -> tuple[object, ...]:
+    """What the job indexes other than the due index are built from."""
+    return (job.spec.namespace, job.spec.name, job.spec.depends_on)
+
+
+def _run_identity(run: Run) -> tuple[object, ...]:
+    """What the run indexes other than the state indexes are built from."""
+    return (run.job_id, run.kind, run.attempt, run.scheduled_at, run.submit_key, run.queued_at)
 
 
 def _toggle(items: SortedList[T], item: T, add: bool) -> None:
