@@ -110,6 +110,7 @@ class Scenario:
         self.lock = threading.Lock()
         self.pid_nodes: dict[int, str] = {}
         self.acked: dict[str, str] = {}  # task tag -> run id
+        self.refused: set[str] = set()  # task tags whose every submission certainly failed
         self.records: dict[str, sidefx.RunRecord] = {}
         self.jobs: dict[str, int] = {}  # scheduled job id -> first slot
         self.registers: dict[str, str] = {}  # register name -> job id
@@ -276,6 +277,7 @@ class Scenario:
                 "retry": {"max_attempts": 3, "backoff_initial_s": 1},
             }
             headers = {"Idempotency-Key": f"chaos-{self.seed}-{tag}"}
+            outcomes = []
             for _ in range(3):  # the same key: a retry after an unknown outcome is safe
                 api = self.api(rng.choice(self.names))
                 op, _ = self.history.record(
@@ -286,12 +288,16 @@ class Scenario:
                     partial(api.request, "POST", "/api/v1/tasks", body=body, headers=headers),
                     lambda r: str(r["id"]),
                 )
+                outcomes.append(op.status)
                 if op.status == "ok":
                     with self.lock:
                         self.acked[tag] = str(op.output)
                     break
                 if op.status == "fail" and op.output != 0:
                     break  # refused by the API: it certainly did nothing
+            if set(outcomes) == {"fail"}:  # every submission certainly did nothing
+                with self.lock:
+                    self.refused.add(tag)
             self.stop.wait(rng.uniform(0.2, 0.5))
 
     def poller(self) -> None:
@@ -427,6 +433,7 @@ class Scenario:
         r.violations += [f"malformed side-effect line: {line!r}" for line in bad]
         r.violations += sidefx.duplicate_starts(starts, self.pid_nodes)
         r.violations += sidefx.unexecuted_tasks(self.acked, starts)
+        r.violations += sidefx.refused_tasks_ran(self.refused, starts)
         records = list(self.records.values())
         for watch in watches:
             r.violations += sidefx.missed_slots(watch, starts, records)

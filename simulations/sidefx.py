@@ -14,6 +14,7 @@ The checks, each returning human-readable violations (empty: passed):
   (task tag, attempt) for ad-hoc runs. Execution is at-least-once: a retry is a new
   attempt and is fine; the *same* attempt starting twice means fencing failed.
 - ``unexecuted_tasks``: every task the API acknowledged (``ok``) started at least once.
+- ``refused_tasks_ran``: a task whose submission certainly failed never starts.
 - ``missed_slots``: every slot of an enabled every_s job, from its first slot up to
   the slot its final ``next_fire_at`` names, either ran or shows up as a run record
   (queued, failed, skipped, ...): a misfire skip record covers the ``N`` slots it says
@@ -153,6 +154,13 @@ def unexecuted_tasks(acked: Mapping[str, str], starts: Iterable[Start]) -> list[
         for tag, run_id in sorted(acked.items())
         if tag not in ran
     ]
+
+
+def refused_tasks_ran(refused: Iterable[str], starts: Iterable[Start]) -> list[str]:
+    """``refused``: tags of tasks whose every submission failed for certain (a 4xx or a
+    refused connection), so the API promised that nothing changed."""
+    ran = {s.tag for s in starts if s.job_id == "task"}
+    return [f"task {tag} was refused but started anyway" for tag in sorted(set(refused) & ran)]
 
 
 def missed_slots(

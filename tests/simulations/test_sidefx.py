@@ -15,6 +15,7 @@ from simulations.sidefx import (
     duplicate_starts,
     missed_slots,
     parse_starts,
+    refused_tasks_ran,
     start_command,
     stuck_runs,
     unexecuted_tasks,
@@ -61,6 +62,12 @@ def test_every_acknowledged_task_started() -> None:
     assert unexecuted_tasks({"t1": "r1", "t3": "r3"}, starts) == [
         "task t3 (run r3) was acknowledged but never started"
     ]
+
+
+def test_a_refused_task_never_runs() -> None:
+    starts = [start(5, tag="t1"), start(6, tag="t2")]
+    assert refused_tasks_ran(["t3"], starts) == []
+    assert refused_tasks_ran(["t2", "t3"], starts) == ["task t2 was refused but started anyway"]
 
 
 def test_no_slot_is_silently_missed() -> None:
