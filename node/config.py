@@ -268,6 +268,11 @@ class NodeConfig:
     rate_limit_per_s: float = field(default=200.0, metadata=_m(_float(0, 1_000_000)))
     rate_limit_burst: int = field(default=400, metadata=_m(_int(1, 1_000_000)))
     metrics_public: bool = field(default=False, metadata=_m(BOOL))  # /metrics without a token
+    # GET /api/v1/events: open streams per token subject and in all; run events kept
+    # for Last-Event-ID resumption (and each stream's buffer, before it is dropped).
+    sse_streams_per_client_max: int = field(default=4, metadata=_m(_int(1, 1024)))
+    sse_streams_max: int = field(default=256, metadata=_m(_int(1, 10_000)))
+    events_ring_max: int = field(default=4096, metadata=_m(_int(16, 1_000_000)))
     # Testing: the authenticated fault-injection control on the transport.
     fault_injection: bool = field(default=False, metadata=_m(BOOL))
     worker_slots: int = field(default=4, metadata=_m(_int(0, 1024)))  # runs executed at once
@@ -319,6 +324,8 @@ class NodeConfig:
             rate_limit_per_s=self.rate_limit_per_s,
             rate_limit_burst=self.rate_limit_burst,
             metrics_public=self.metrics_public,
+            sse_streams_per_subject_max=self.sse_streams_per_client_max,
+            sse_streams_max=self.sse_streams_max,
         )
 
 
@@ -339,6 +346,14 @@ def _cross_checks(c: NodeConfig) -> list[tuple[str, str]]:
                 "heartbeat_ticks",
                 f"must be less than election_ticks_min ({c.election_ticks_min}), "
                 f"got {c.heartbeat_ticks}",
+            )
+        )
+    if c.sse_streams_per_client_max > c.sse_streams_max:
+        problems.append(
+            (
+                "sse_streams_per_client_max",
+                f"must not exceed sse_streams_max ({c.sse_streams_max}), "
+                f"got {c.sse_streams_per_client_max}",
             )
         )
     ports = [("raft_port", c.raft_port), ("gossip_port", c.gossip_port), ("http_port", c.http_port)]

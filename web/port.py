@@ -285,3 +285,112 @@ class HttpMetrics(Protocol):
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its content type."""
         ...
+
+
+# ---------------------------------------------------------------- the live event feed
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLoad:
+    """This node's own load: what its worker is doing now."""
+
+    node: str
+    slots: int  # runs it executes at once
+    running: int
+    free_slots: int
+    queue_depth: int  # runs queued on it
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """Queued runs on one node (None: not placed yet) at one priority."""
+
+    node: str | None
+    priority: int
+    depth: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeedStats:
+    """Cluster-wide run activity seen in the last ``window_s`` (from committed records)."""
+
+    window_s: float
+    runs_finished: int  # records that reached a terminal state
+    runs_failed: int  # of those, failed or timed out
+    fires: int  # scheduled runs created by a Fire
+    fire_lateness_s_max: float  # committed Fire time minus slot, over those fires
+    fire_lateness_s_mean: float
+    partial: bool  # the ring overflowed within the window: counts are a lower bound
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSnapshot:
+    """What ``GET /api/v1/events`` sends about once a second (``event: cluster``)."""
+
+    cluster: ClusterView
+    load: NodeLoad
+    queues: tuple[QueueDepth, ...]  # bounded by the feed (nodes x priorities)
+    stats: FeedStats
+    applied_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The subscriber missed events (resume point older than the ring, or it was too
+    slow to keep up): it must reload what it shows. ``event: reset``."""
+
+    reason: str
+
+
+class RunEvent(Protocol):
+    """One run record changed by the batch that ended at Raft index ``index``.
+
+    ``last_in_batch`` marks the batch's final event: only that one carries the SSE
+    ``id``, so a client cut off mid-batch resumes at the previous batch and sees this
+    one again in full (at-least-once; run records are idempotent state)."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def last_in_batch(self) -> bool: ...
+
+    @property
+    def run_id(self) -> str: ...
+
+    def json(self) -> str | None:
+        """The run as ``GET /runs/{id}`` shows it, as JSON text; None if it was deleted.
+        Rendered on first use (not on the apply path) and cached."""
+        ...
+
+
+FeedEvent = RunEvent | ClusterSnapshot | Reset
+
+
+class FeedReceiver(Protocol):
+    """A subscription's receiving end: ``trio.MemoryReceiveChannel[FeedEvent]`` is one
+    (named structurally so this module need not import trio)."""
+
+    def receive_nowait(self) -> FeedEvent:
+        """The next event; ``trio.WouldBlock`` if none, ``trio.EndOfChannel`` once dropped."""
+        ...
+
+    async def receive(self) -> FeedEvent: ...
+
+    def close(self) -> None:
+        """Unsubscribe."""
+        ...
+
+
+class EventsPort(Protocol):
+    """The node's live feed for ``GET /api/v1/events``.
+
+    Contract: ``subscribe`` never blocks and never awaits. The channel first holds
+    the latest snapshot, then the ring's events after ``last_event_id`` (or a
+    ``Reset`` when that id is older than the ring), then live events as batches
+    apply. A subscriber that falls ``buffer_max`` events behind is dropped: its
+    channel ends (``trio.EndOfChannel``) and the stream tells the client to reset.
+    Closing the receive channel unsubscribes. Raises ``Unavailable`` when the feed
+    already has its maximum number of subscribers."""
+
+    def subscribe(self, last_event_id: int | None) -> FeedReceiver: ...

@@ -84,6 +84,9 @@ class ApiLimits:
     rate_limit_burst: int = 400
     rate_limit_buckets_max: int = 10_000
     metrics_public: bool = False
+    # Open GET /api/v1/events streams: per token subject (past it: 429) and in all (503).
+    sse_streams_per_subject_max: int = 4
+    sse_streams_max: int = 256
 
     def __post_init__(self) -> None:
         assert self.max_body_bytes >= 1, self.max_body_bytes
@@ -91,6 +94,10 @@ class ApiLimits:
         assert self.rate_limit_per_s >= 0, self.rate_limit_per_s
         assert self.rate_limit_burst >= 1, self.rate_limit_burst
         assert self.rate_limit_buckets_max >= 1, self.rate_limit_buckets_max
+        assert 1 <= self.sse_streams_per_subject_max <= self.sse_streams_max, (
+            self.sse_streams_per_subject_max,
+            self.sse_streams_max,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,20 +10,28 @@ rejected request never reached the port.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from web.port import (
+    ClusterSnapshot,
     ClusterView,
     Conflict,
+    EventsPort,
+    FeedEvent,
+    FeedStats,
     Invalid,
     MemberView,
+    NodeLoad,
     NodePort,
     NotFound,
     OutputChunk,
     PortError,
+    Reset,
     Unavailable,
 )
 
@@ -212,3 +220,83 @@ class FakeSchedulerPort:
         data, ended = self.outputs.get(run_id, (b"", True))
         piece = data[offset : offset + max_bytes]
         return OutputChunk(piece, offset, 0, ended and offset + len(piece) >= len(data), "n1")
+
+
+# ---------------------------------------------------------------- the event feed
+
+
+@dataclass(frozen=True, slots=True)
+class FakeRunEvent:
+    """A ``RunEvent`` with its JSON given (``body`` None: the run was deleted)."""
+
+    index: int
+    run_id: str
+    body: Mapping[str, object] | None
+    last_in_batch: bool = True
+
+    def json(self) -> str | None:
+        return None if self.body is None else json.dumps(self.body)
+
+
+def fake_snapshot(port: FakeNodePort, node: str = "n1") -> ClusterSnapshot:
+    """A snapshot of ``port``'s cluster with an idle node and no activity."""
+    stats = FeedStats(1.0, 0, 0, 0, 0.0, 0.0, False)
+    load = NodeLoad(node, slots=4, running=0, free_slots=4, queue_depth=0)
+    return ClusterSnapshot(port.cluster_view(), load, (), stats, port.commit_index)
+
+
+class FakeEventFeed:
+    """An ``EventsPort`` whose events the test publishes. Same contract as the node's
+    feed: the latest snapshot first, then the kept events after ``last_event_id`` (a
+    ``Reset`` when it is below ``evicted_through``), then what is published; a
+    subscriber ``buffer_max`` behind is dropped (its channel closed)."""
+
+    def __init__(self, *, buffer_max: int = 64, subscribers_max: int = 16) -> None:
+        self.buffer_max = buffer_max
+        self.subscribers_max = subscribers_max
+        self.latest: ClusterSnapshot | None = None
+        self.kept: list[FakeRunEvent] = []  # the twin's "ring": every published run event
+        self.evicted_through = 0
+        self.subscribed: list[int | None] = []  # last_event_id of each subscribe call
+        self._channels: list[trio.MemorySendChannel[FeedEvent]] = []
+
+    def subscribe(self, last_event_id: int | None) -> trio.MemoryReceiveChannel[FeedEvent]:
+        self._channels = [c for c in self._channels if c.statistics().open_receive_channels]
+        if len(self._channels) >= self.subscribers_max:
+            raise Unavailable("the fake feed is full")
+        self.subscribed.append(last_event_id)
+        send, receive = trio.open_memory_channel[FeedEvent](self.buffer_max)
+        first: list[FeedEvent] = [self.latest] if self.latest is not None else []
+        if last_event_id is not None and last_event_id < self.evicted_through:
+            first.append(Reset(f"event {last_event_id} is older than the ring"))
+        elif last_event_id is not None:
+            first += [e for e in self.kept if e.index > last_event_id]
+        for event in first:
+            send.send_nowait(event)
+        self._channels.append(send)
+        return receive
+
+    def publish(self, event: FakeRunEvent | ClusterSnapshot | Reset) -> None:
+        """Send ``event`` to every subscriber now (never blocks)."""
+        if isinstance(event, ClusterSnapshot):
+            self.latest = event
+        elif isinstance(event, FakeRunEvent):
+            self.kept.append(event)
+        kept = []
+        for channel in self._channels:
+            try:
+                channel.send_nowait(event)
+            except (trio.WouldBlock, trio.BrokenResourceError):
+                channel.close()
+                continue
+            kept.append(channel)
+        self._channels = kept
+
+    def open_subscribers(self) -> int:
+        return sum(1 for c in self._channels if c.statistics().open_receive_channels)
+
+
+if TYPE_CHECKING:
+
+    def _is_an_events_port(feed: FakeEventFeed) -> EventsPort:
+        return feed

@@ -26,7 +26,7 @@ from node.metrics import Metrics
 from web.app import create_app, serve
 from web.problems import PROBLEM_BASE, PROBLEM_CONTENT_TYPE
 from web.security import ApiLimits, Role
-from web.testing import FakeNodePort, FakeSchedulerPort
+from web.testing import FakeEventFeed, FakeNodePort, FakeSchedulerPort
 
 NOW_S = 1_800_000_000.0  # a fixed wall-clock instant for token times
 
@@ -60,6 +60,7 @@ class Harness:
     mono: FakeClock = field(default_factory=lambda: FakeClock(1000.0))
     port: FakeNodePort = field(default_factory=FakeNodePort)
     metrics: Metrics = field(default_factory=lambda: Metrics(version="test"))
+    events: FakeEventFeed = field(default_factory=FakeEventFeed)
 
     def __post_init__(self) -> None:
         self.verifier = TokenVerifier(
@@ -72,8 +73,12 @@ class Harness:
             self.metrics,
             self.limits,
             scheduler=self.scheduler,
+            events=self.events,
             clock=self.mono,
         )
+        # As if the server were stopping: an event stream sends its preamble and ends,
+        # so ``call`` returns. Tests that read a live stream set a fresh event.
+        self.app.extensions["rota"].stopping.set()
 
     def token(self, role: Role = Role.ADMIN, *, ttl_s: int = 3600, sub: str = "tester") -> str:
         return mint_token(self.keys.private, self.keys.kid, role, ttl_s, sub, now=self.wall.now)

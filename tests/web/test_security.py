@@ -52,8 +52,17 @@ PROTECTED: list[tuple[str, str, str, dict[str, object] | None, Role]] = [
     ("GET", "/api/v1/runs/<run_id>", "/api/v1/runs/r1", None, Role.VIEWER),
     ("POST", "/api/v1/runs/<run_id>/cancel", "/api/v1/runs/r1/cancel", None, Role.OPERATOR),
     ("GET", "/api/v1/runs/<run_id>/output", "/api/v1/runs/r1/output", None, Role.VIEWER),
+    ("GET", "/api/v1/events", "/api/v1/events", None, Role.VIEWER),
 ]
-PUBLIC = [("GET", "/healthz"), ("GET", "/readyz")]
+PUBLIC = [
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/<name>"),
+    ("GET", "/"),
+    ("GET", "/static/<path:filename>"),
+]
 
 
 def test_the_matrix_covers_every_route() -> None:
@@ -211,8 +220,12 @@ async def test_a_good_token_in_a_lowercase_scheme_works() -> None:
 
 async def test_public_routes_need_no_token_but_unknown_routes_do() -> None:
     h = Harness()
-    for method, path in PUBLIC:
-        assert (await h.call(method, path, role=None))[0] == 200
+    examples = {"<name>": "init.js", "<path:filename>": "app.js"}
+    for method, template in PUBLIC:
+        path = template
+        for param, value in examples.items():
+            path = path.replace(param, value)
+        assert (await h.call(method, path, role=None))[0] == 200, path
     assert_problem(*await h.call("GET", "/api/v2/secret", role=None), 401, "unauthorized")
     assert_problem(*await h.call("GET", "/api/v2/secret", role=Role.VIEWER), 404, "not-found")
     assert_problem(*await h.call("PATCH", "/healthz", role=None), 401, "unauthorized")
