@@ -96,10 +96,16 @@ class Cli:
     token: str | None
     output: str
 
-    def call(self, method: str, path: str, body: dict[str, object] | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         """One API request; client errors become ``CommandError`` with the right exit code."""
         with self.errors():
-            return self.client().request(method, path, body=body)
+            return self.client().request(method, path, body=body, headers=headers)
 
     def client(self) -> ApiClient:
         try:

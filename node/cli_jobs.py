@@ -106,13 +106,67 @@ def job_add(
     cli.emit(created, lambda: _job_table([created]))
 
 
+@job.command("edit")
+@click.argument("job_id")
+@click.option("--cron", help="a new cron expression (keeps --tz or the job's zone)")
+@click.option("--tz", help="a new IANA time zone for the cron schedule")
+@click.option("--every", "every_s", type=int, help="a new fixed interval in seconds")
+@click.option("--shell", "command", help="a new shell command run by /bin/sh -c")
+@click.option("--priority", type=int, help="0-9, 9 highest")
+@click.option("--json", "raw", help="a JSON merge patch of the job (RFC 7396)")
+@pass_cli
+def job_edit(
+    cli: Cli,
+    job_id: str,
+    cron: str | None,
+    tz: str | None,
+    every_s: int | None,
+    command: str | None,
+    priority: int | None,
+    raw: str | None,
+) -> None:
+    """Change a job, e.g. rota job edit j000000000002 --cron '*/10 * * * *'. The change
+    applies only to the version shown first (If-Match): a concurrent edit is refused."""
+    path = f"/api/v1/jobs/{urllib.parse.quote(job_id)}"
+    patch: dict[str, Any] = _body(raw) if raw is not None else {}
+    if cron is not None and every_s is not None:
+        raise click.UsageError("give at most one of --cron and --every")
+    current = cli.call("GET", path)
+    if cron is not None or tz is not None:
+        zone = tz or current["schedule"].get("tz") or "UTC"
+        expr = cron or current["schedule"].get("cron")
+        if expr is None:
+            raise click.UsageError("--tz alone applies to a cron schedule only; give --cron")
+        patch["schedule"] = _replacing(current["schedule"], {"cron": expr, "tz": zone})
+    if every_s is not None:
+        patch["schedule"] = _replacing(current["schedule"], {"every_s": every_s})
+    if command is not None:
+        shell = {"type": "shell", "command": ["/bin/sh", "-c", command]}
+        patch["executor"] = _replacing(current["executor"], shell)
+    if priority is not None:
+        patch["priority"] = priority
+    if not patch:
+        raise click.UsageError("nothing to change: give an option or --json")
+    changed = cli.call("PATCH", path, patch, headers={"If-Match": str(current["version"])})
+    cli.emit(changed, lambda: _job_table([changed]))
+
+
+def _replacing(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch turning ``old`` into ``new``: keys it no longer has become null."""
+    return {**{key: None for key in old if key not in new}, **new}
+
+
 @job.command("list")
 @click.option("--namespace")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 500))
+@click.option("--cursor", help="the next page, as the previous page said")
 @pass_cli
-def job_list(cli: Cli, namespace: str | None) -> None:
-    query = f"?namespace={urllib.parse.quote(namespace)}" if namespace else ""
-    page = cli.call("GET", f"/api/v1/jobs{query}")
+def job_list(cli: Cli, namespace: str | None, limit: int, cursor: str | None) -> None:
+    """Jobs by namespace and name, a page at a time."""
+    query = {"namespace": namespace, "limit": str(limit), "cursor": cursor}
+    page = cli.call("GET", f"/api/v1/jobs?{_query(query)}")
     cli.emit(page, lambda: _job_table(page["items"]))
+    _say_next(cli, page)
 
 
 @job.command("show")
@@ -187,12 +241,30 @@ def run() -> None:
 @click.option("--job", "job_id")
 @click.option("--node")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 500))
+@click.option("--cursor", help="the next page, as the previous page said")
 @pass_cli
-def run_list(cli: Cli, state: str | None, job_id: str | None, node: str | None, limit: int) -> None:
-    query = {"state": state, "job_id": job_id, "node": node, "limit": str(limit)}
-    text = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
-    page = cli.call("GET", f"/api/v1/runs?{text}")
+def run_list(
+    cli: Cli,
+    state: str | None,
+    job_id: str | None,
+    node: str | None,
+    limit: int,
+    cursor: str | None,
+) -> None:
+    """Runs, newest first, a page at a time."""
+    query = {"state": state, "job_id": job_id, "node": node, "limit": str(limit), "cursor": cursor}
+    page = cli.call("GET", f"/api/v1/runs?{_query(query)}")
     cli.emit(page, lambda: _runs_table(page["items"]))
+    _say_next(cli, page)
+
+
+def _query(query: dict[str, str | None]) -> str:
+    return urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+
+
+def _say_next(cli: Cli, page: dict[str, Any]) -> None:
+    if page.get("next_cursor"):
+        cli.progress(f"more: --cursor {page['next_cursor']}")
 
 
 @run.command("show")

@@ -264,3 +264,44 @@ async def test_run_logs_prints_the_output_and_follows_it_to_the_end() -> None:
             h.scheduler.missing_runs.add("r000000000009000000")
             missing = await run_in_thread([*viewer, "run", "logs", "r000000000009000000"])
             assert missing.exit_code == 1 and "404" in missing.stderr
+
+
+async def test_job_add_then_edit_against_a_real_scheduler(tmp_path: Path) -> None:
+    from tests.web.realnode import real_scheduler
+
+    with real_scheduler(tmp_path) as (h, node), trio.fail_after(30):
+        async with live_server(h.app) as url:
+            op = ["--address", url, "--token", h.token(Role.OPERATOR), "-o", "json"]
+            added = await run_in_thread(
+                [*op, "job", "add", "--name", "b", "--cron", "0 3 * * *", "--shell", "backup"]
+            )
+            assert added.exit_code == 0, added.output
+            job = json.loads(added.stdout)
+            edit = ["job", "edit", job["id"]]
+            result = await run_in_thread([*op, *edit, "--every", "60", "--priority", "7"])
+            assert result.exit_code == 0, result.output
+            changed = json.loads(result.stdout)
+            assert changed["schedule"]["every_s"] == 60 and "cron" not in changed["schedule"]
+            assert changed["priority"] == 7 and changed["version"] == job["version"] + 1
+            result = await run_in_thread(
+                [*op, *edit, "--cron", "*/5 * * * *", "--tz", "Europe/Berlin", "--shell", "x"]
+            )
+            changed = json.loads(result.stdout)
+            assert changed["schedule"]["cron"] == "*/5 * * * *"
+            assert changed["executor"]["command"] == ["/bin/sh", "-c", "x"]
+            bad = await run_in_thread([*op, *edit, "--cron", "61 * * * *"])
+            assert bad.exit_code == 1 and "schedule.cron" in bad.stderr
+            nothing = await run_in_thread([*op, *edit])
+            assert nothing.exit_code == 2 and "nothing to change" in nothing.stderr
+            state = node.sm.state.job(job["id"])
+            assert state is not None and state.version == job["version"] + 2
+            for name in ("c", "d"):
+                await run_in_thread(
+                    [*op, "job", "add", "--name", name, "--every", "9", "--shell", "x"]
+                )
+            table = [a for a in op if a not in ("-o", "json")]
+            first = await run_in_thread([*table, "job", "list", "--limit", "2"])
+            assert first.stdout.count(" default ") == 2 and "more: --cursor" in first.stderr
+            cursor = first.stderr.split("--cursor ")[1].split()[0]
+            rest = await run_in_thread([*table, "job", "list", "--limit", "2", "--cursor", cursor])
+            assert rest.stdout.count(" default ") == 1 and "more:" not in rest.stderr
