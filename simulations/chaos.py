@@ -165,7 +165,10 @@ class Scenario:
             body = {
                 "name": f"every-{i}",
                 "schedule": {"every_s": EVERY_S},
-                "executor": {"type": "shell", "command": sidefx.start_command(str(self.side))},
+                "executor": {
+                    "type": "shell",
+                    "command": sidefx.start_command(str(self.side), "-", self.args.run_sleep_s),
+                },
                 "concurrency": concurrency,
                 "timeout_s": RUN_TIMEOUT_S,
                 "retry": {"max_attempts": 3, "backoff_initial_s": 1},
@@ -272,7 +275,12 @@ class Scenario:
             n += 1
             tag = f"t{index}.{n}"
             body = {
-                "executor": {"type": "shell", "command": sidefx.start_command(str(self.side), tag)},
+                "executor": {
+                    "type": "shell",
+                    "command": sidefx.start_command(
+                        str(self.side), tag, rng.uniform(0, self.args.run_sleep_s)
+                    ),
+                },
                 "timeout_s": RUN_TIMEOUT_S,
                 "retry": {"max_attempts": 3, "backoff_initial_s": 1},
             }
@@ -503,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="fault phase, seconds")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--faults", default="", help="comma-separated kinds (default: all)")
+    parser.add_argument(
+        "--run-sleep-s", type=float, default=0.0, help="runs sleep (up to) this after starting"
+    )
     parser.add_argument("--task-clients", type=int, default=1, help="threads submitting tasks")
     parser.add_argument("--plant", choices=sorted(PLANTED_BUGS), default=None)
     parser.add_argument("--data-dir", type=Path, default=None, help="kept after the run")
@@ -522,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         replay = f"python -m simulations.chaos --nodes {args.nodes} --duration {args.duration:g}"
         replay += f" --seed {args.seed}" + (f" --faults {args.faults}" if args.faults else "")
         replay += f" --task-clients {args.task_clients}" if args.task_clients != 1 else ""
+        replay += f" --run-sleep-s {args.run_sleep_s:g}" if args.run_sleep_s else ""
         replay += f" --plant {args.plant}" if args.plant else ""
         print(f"chaos: replay with: {replay}  (data kept in {data_dir})", flush=True)
     elif args.data_dir is None:

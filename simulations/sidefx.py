@@ -40,10 +40,12 @@ def instant_ms(text: str) -> int:
     return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def start_command(path: str, tag: str = "-") -> list[str]:
-    """The shell command whose only effect is the start line (``$PPID`` is the agent)."""
+def start_command(path: str, tag: str = "-", sleep_s: float = 0.0) -> list[str]:
+    """The shell command that appends the start line (``$PPID`` is the agent), then
+    sleeps ``sleep_s`` (so faults find runs in flight)."""
     line = "start $ROTA_IDEMPOTENCY_KEY $ROTA_RUN_ID $ROTA_FENCING_TOKEN $PPID " + tag
-    return ["/bin/sh", "-c", f'echo "{line}" >> {shlex.quote(path)}']
+    script = f'echo "{line}" >> {shlex.quote(path)}'
+    return ["/bin/sh", "-c", script + (f"; sleep {sleep_s:.2f}" if sleep_s > 0 else "")]
 
 
 @dataclass(frozen=True, slots=True)
