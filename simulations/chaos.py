@@ -17,6 +17,10 @@ start line; ad-hoc tasks (``Idempotency-Key``, retried on unknown outcomes) that
 the same; and for each register job two clients doing reads and If-Match PATCHes
 through random nodes. Clients record every call (``simulations.history``).
 
+Faults follow the plan in order, each healed before the next (every node running and
+continued, every node's injected faults cleared); a slow heal (a node restarting)
+delays the faults after it, so the fault phase may run a little past ``--duration``.
+
 Ends with ONE summary line (seed, nodes, duration, faults by kind, ops, violations),
 after any violation lines; exits 1 on a violation. ``--plant start_unfenced`` switches
 on a known bug (the worker ignores its Start's outcome) to show the checks catch it.
