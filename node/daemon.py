@@ -25,10 +25,11 @@ from consensus.raft import Config as RaftConfig
 from consensus.swim import MemberState, Swim, SwimConfig
 from consensus.swim_types import NodeMeta
 from consensus.types import ConfState, Message, NodeId, Role
-from node import auth
+from node import auth, faults
 from node.autopilot import PeerHealth, decide
 from node.config import NodeConfig
 from node.driver import RaftDriver
+from node.events import EventFeed, node_load
 from node.executors import default_executors
 from node.gossip import GossipService
 from node.jobs import JobsService
@@ -73,6 +74,7 @@ class Agent:
     shutdown: trio.Event = field(default_factory=trio.Event)
     peer_addresses: dict[NodeId, tuple[str, int]] = field(default_factory=dict)
     down_since: dict[NodeId, float] = field(default_factory=dict)
+    events: EventFeed | None = None  # the live feed of GET /api/v1/events
 
     # ------------------------------------------------------------ addresses
     def set_peer_address(self, node: NodeId, addr: tuple[str, int]) -> None:
@@ -312,6 +314,15 @@ def build_agent(cfg: NodeConfig) -> Agent:
     jobs = JobsService(sm, service.propose, driver.read_barrier, outputs=outputs)
     agent = Agent(cfg, store, transport, driver, gossip, service, metrics, scheduler, jobs, output)
     agent_box.append(agent)
+    agent.events = EventFeed(
+        cfg.node_id,
+        service.cluster_view,
+        lambda: node_load(cfg.node_id, cfg.worker_slots, sm.state),
+        lambda: sm.state,
+        store.applied_index(),
+        ring_max=cfg.events_ring_max,
+    )
+    sm.listeners.append(agent.events.on_apply)
     for peer, hp in cfg.peers.items():
         agent.set_peer_address(peer, (hp.host, hp.port))
     return agent
@@ -331,12 +342,21 @@ async def run_agent(
     pid_file = write_pid_file(cfg.data_dir)
     try:
         verifier = auth.TokenVerifier.from_directory(cfg.jwt_public_keys_path)
+        injected = faults.install(agent) if cfg.fault_injection else None  # tests only
         app = create_app(
-            agent.service, verifier, agent.metrics, cfg.api_limits(), scheduler=agent.jobs
+            agent.service,
+            verifier,
+            agent.metrics,
+            cfg.api_limits(),
+            scheduler=agent.jobs,
+            events=agent.events,
+            extra_routes=injected.routes() if injected is not None else (),
         )
         http_shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.watch_signals)
+            if injected is not None:
+                await nursery.start(injected.run)
             await nursery.start(agent.transport.serve)
             await nursery.start(agent.driver.run)
             await nursery.start(agent.gossip.run)
@@ -347,6 +367,8 @@ async def run_agent(
             await nursery.start(agent.output.flush_loop)
             await nursery.start(agent.scheduler.leader_loop)
             await nursery.start(agent.scheduler.worker_loop)
+            if agent.events is not None:
+                await nursery.start(agent.events.run)
             await nursery.start(
                 lambda task_status: serve(
                     app,

@@ -23,11 +23,12 @@ import base64
 import binascii
 import dataclasses
 import enum
+import functools
 import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -39,10 +40,11 @@ from quart.typing import ResponseReturnValue
 from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from web import problems
+from web import dashboard, docs, openapi, problems, sse
 from web.port import (
     NODE_ID_DESCRIPTION,
     ClusterView,
+    EventsPort,
     HttpMetrics,
     NodePort,
     PortError,
@@ -84,6 +86,9 @@ class Route:
     access: Role | Access
     view: Callable[..., Awaitable[ResponseReturnValue]]
     query: frozenset[str] = frozenset()
+    # The token may come as ``?access_token=`` (RFC 6750 2.3): only for EventSource,
+    # which cannot send headers. See ``events``.
+    token_in_query: bool = False
 
 
 @dataclass(slots=True)
@@ -97,6 +102,9 @@ class AppState:
     limiter: TokenBucketLimiter | None
     policies: dict[str, Route]
     scheduler: SchedulerPort | None = None
+    events: EventsPort | None = None
+    streams: sse.StreamLimiter | None = None
+    stopping: trio.Event = dataclasses.field(default_factory=trio.Event)  # set by ``serve``
 
 
 def _state() -> AppState:
@@ -157,7 +165,7 @@ def _required_role(route: Route | None, limits: ApiLimits) -> Role | None:
 
 
 def _authenticate(verifier: TokenVerifierPort) -> Principal:
-    header = request.headers.get("Authorization")
+    header = request.headers.get("Authorization") or _query_bearer()
     if header is None:
         raise _unauthorized("missing bearer token", error=None)
     scheme, _, token = header.partition(" ")
@@ -168,6 +176,16 @@ def _authenticate(verifier: TokenVerifierPort) -> Principal:
         return verifier.verify(token)
     except InvalidToken as e:
         raise _unauthorized(e.reason) from None
+
+
+def _query_bearer() -> str | None:
+    """``access_token`` from the query as a bearer header, on routes that take it."""
+    rule = request.url_rule
+    route = _state().policies.get(rule.endpoint) if rule is not None else None
+    token = request.args.get("access_token")
+    if token is None or route is None or not route.token_in_query:
+        return None
+    return f"Bearer {token}"
 
 
 def _unauthorized(reason: str, error: str | None = "invalid_token") -> ApiProblem:
@@ -384,7 +402,11 @@ def _stale() -> bool:
 
 
 def _query() -> dict[str, str]:
-    return {k: v for k, v in request.args.items() if k != "consistency"}
+    """A listing's query for the scheduler; ``limit`` checked against ``page_size_max``
+    here, once for every listing (absent: the default, capped by the maximum)."""
+    query = {k: v for k, v in request.args.items() if k != "consistency"}
+    query["limit"] = str(_page_limit(_state().limits.page_size_max))
+    return query
 
 
 async def create_job() -> ResponseReturnValue:
@@ -509,6 +531,44 @@ async def run_output(run_id: str) -> ResponseReturnValue:
     return response
 
 
+async def openapi_json() -> ResponseReturnValue:
+    """The OpenAPI 3.1 document of ``ROUTES`` (public: it describes the API, no state)."""
+    return _openapi_document(_state().limits.page_size_max)
+
+
+@functools.cache
+def _openapi_document(page_size_max: int) -> dict[str, Any]:
+    return openapi.document(ROUTES, page_size_max=page_size_max)
+
+
+async def events() -> ResponseReturnValue:
+    """Server-Sent Events: snapshots and run changes (``web/sse.py``).
+
+    The token may be ``?access_token=``: EventSource cannot set Authorization. It is
+    safe enough here because hypercorn's access log is off (nothing logs URLs), the
+    dashboard sends ``Referrer-Policy: no-referrer`` and nothing echoes the query; it
+    is accepted on this route only, so a token in a link works nowhere else."""
+    state = _state()
+    if state.events is None or state.streams is None:
+        raise ApiProblem(problems.NOT_READY, "this node has no event feed")
+    last_id = sse.parse_event_id(
+        request.headers.get("Last-Event-ID", request.args.get("last_event_id"))
+    )
+    release = state.streams.acquire(g.principal.subject)
+    try:
+        channel = state.events.subscribe(last_id)
+    except BaseException:
+        release()
+        raise
+    response = Response(
+        sse.stream_body(channel, state.stopping, release), content_type="text/event-stream"
+    )
+    response.timeout = None  # Quart would cut the stream after 60 s
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Accel-Buffering"] = "no"  # proxies: do not buffer the stream
+    return response
+
+
 _PAGE = frozenset({"cursor", "limit", "consistency"})
 _READ = frozenset({"consistency"})
 
@@ -545,6 +605,19 @@ ROUTES: tuple[Route, ...] = (
         run_output,
         frozenset({"offset", "follow"}),
     ),
+    Route("/api/v1/openapi.json", ("GET",), Access.PUBLIC, openapi_json),
+    Route("/docs", ("GET",), Access.PUBLIC, docs.docs_page),
+    Route("/docs/<name>", ("GET",), Access.PUBLIC, docs.docs_asset),
+    Route(
+        "/api/v1/events",
+        ("GET",),
+        Role.VIEWER,
+        events,
+        frozenset({"access_token", "last_event_id"}),
+        token_in_query=True,
+    ),
+    Route("/", ("GET",), Access.PUBLIC, dashboard.dashboard),
+    Route("/static/<path:filename>", ("GET",), Access.PUBLIC, dashboard.static_file),
 )
 
 
@@ -555,18 +628,22 @@ def create_app(
     limits: ApiLimits,
     *,
     scheduler: SchedulerPort | None = None,
+    events: EventsPort | None = None,
     clock: Callable[[], float] = time.monotonic,
+    extra_routes: Sequence[Route] = (),
 ) -> QuartTrio:
-    """Build the app. ``clock`` (monotonic seconds) drives the rate limiter."""
+    """Build the app. ``clock`` (monotonic seconds) drives the rate limiter.
+    ``extra_routes`` exist only when given (the fault-injection control, node/faults.py)."""
     app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
+    app.url_map.merge_slashes = False  # '//' would redirect with an HTML body; 404 instead
     limiter = None
     if limits.rate_limit_per_s > 0:
         limiter = TokenBucketLimiter(
             limits.rate_limit_per_s, limits.rate_limit_burst, limits.rate_limit_buckets_max, clock
         )
     policies: dict[str, Route] = {}
-    for route in ROUTES:
+    for route in (*ROUTES, *extra_routes):
         endpoint = route.view.__name__
         app.add_url_rule(
             route.rule,
@@ -578,6 +655,11 @@ def create_app(
         policies[endpoint] = route
     assert set(app.view_functions) == set(policies), "every endpoint must have a policy"
     app.extensions["rota"] = AppState(port, verifier, metrics, limits, limiter, policies, scheduler)
+    if events is not None:
+        app.extensions["rota"].events = events
+        app.extensions["rota"].streams = sse.StreamLimiter(
+            limits.sse_streams_per_subject_max, limits.sse_streams_max
+        )
     app.before_request(_begin)
     app.before_request(_authorize)
     app.after_request(_record)
@@ -609,4 +691,5 @@ async def serve(
     config.graceful_timeout = graceful_timeout_s
     config.accesslog = None  # requests are counted in metrics; never log headers
     config.errorlog = logging.getLogger("rota.hypercorn")
+    cast(AppState, app.extensions["rota"]).stopping = shutdown  # event streams end on it
     await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)

@@ -86,7 +86,7 @@ async def test_vendored_files_are_cached_for_long_and_own_files_revalidate() -> 
 
 @pytest.mark.parametrize("path", ["/static/nope.js", "/static/../app.py", "/static/%2e%2e/app.py"])
 async def test_only_files_of_web_static_are_served(path: str) -> None:
-    status, headers, body = await Harness().call("GET", path, role=None)
+    status, _, body = await Harness().call("GET", path, role=None)
     assert status == 404 and body["type"].endswith("/not-found")
 
 
