@@ -121,6 +121,7 @@ class Scenario:
         self.expected_exits: set[str] = set()  # nodes we stopped (or filled the disk of)
         self.t0 = 0.0
         self.rng = random.Random(f"{self.seed}/runner")  # the main thread's choices
+        self.starts = self.retried = 0  # start lines, and those of attempts after the first
 
     # ------------------------------------------------------------------ clients
     def api(self, node: str, timeout_s: float = CLIENT_TIMEOUT_S) -> ApiClient:
@@ -456,6 +457,7 @@ class Scenario:
             line = f"linearizability: {key.key} is {key.verdict} ({key.ops} ops, {key.steps} steps)"
             (r.violations if key.verdict == "violation" else r.notes).append(line)
         self.starts = len(starts)
+        self.retried = sum(1 for st in starts if st.attempt > 1)
 
     def run(self) -> Report:
         self.start()
@@ -503,7 +505,8 @@ def summary(args: argparse.Namespace, scenario: Scenario) -> str:
     return (
         f"chaos: seed={args.seed} nodes={args.nodes} duration={args.duration:g}s "
         f"faults={faults} ops={sum(counts.values())} (ok={counts['ok']} fail={counts['fail']} "
-        f"unknown={counts['unknown']}) starts={getattr(scenario, 'starts', 0)} "
+        f"unknown={counts['unknown']}) starts={scenario.starts} "
+        f"(retries {scenario.retried}) "
         f"tasks_acked={len(scenario.acked)} linearizability={r.linearizability} "
         f"violations={len(r.violations)}"
     )
