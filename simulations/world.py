@@ -141,6 +141,7 @@ class World:
         self.net_rng = derive(seed, "net")
         self.load_rng = derive(seed, "load")
         self.mix = FaultMix.draw(derive(seed, "faults"))
+        self.drawn_mix = self.mix  # ``mix`` is calmed when healing; reports name this one
         self.core_bugs = frozenset(bugs) - self.sim_bugs
         self.bugs = frozenset(bugs)
         self.trace_on = trace
@@ -195,7 +196,7 @@ class World:
             print(f"{self.now:>7} {text}")
 
     def describe_faults(self) -> str:
-        return self.mix.describe()
+        return self.drawn_mix.describe()
 
     def run(self) -> str:
         """Run the seed; returns the trace hash or raises ``Violation``."""
