@@ -111,13 +111,15 @@ def metric_samples(text: str, name: str) -> list[tuple[Labels, float]]:
 
 
 def histogram_buckets(text: str, name: str) -> list[tuple[float, float]]:
-    """The cumulative ``(upper bound, count)`` buckets of histogram ``name``, in order."""
-    buckets = [
-        (float(labels["le"]), value)
-        for labels, value in metric_samples(text, name + "_bucket")
-        if "le" in labels
-    ]
-    return sorted(buckets)
+    """The cumulative ``(upper bound, count)`` buckets of histogram ``name``, in order,
+    summed over its other labels and over every exposition in ``text`` (several
+    nodes' ``/metrics`` joined give the cluster's histogram)."""
+    counts: dict[float, float] = {}
+    for labels, value in metric_samples(text, name + "_bucket"):
+        if "le" in labels:
+            le = float(labels["le"])
+            counts[le] = counts.get(le, 0.0) + value
+    return sorted(counts.items())
 
 
 def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:

@@ -63,6 +63,8 @@ def test_histogram_quantile_interpolates_inside_the_bucket() -> None:
     assert histogram_quantile([(1.0, 0.0), (math.inf, 0.0)], 0.5) is None
     assert histogram_quantile([], 0.5) is None
     assert histogram_fraction_at_most(buckets, 0.25) == 1.0
+    twice = histogram_buckets(EXPOSITION + EXPOSITION, "rota_fire_lateness_seconds")
+    assert twice[1] == (0.25, 200.0)  # two nodes' expositions: counts add up
     assert histogram_fraction_at_most(buckets, 0.1) == 0.0
     assert histogram_fraction_at_most(buckets, 0.2) is None  # not a bucket bound
     assert histogram_fraction_at_most([], 0.25) is None
