@@ -23,8 +23,9 @@ whether a rule broke:
 6. Identical replicas (``replicas``): replicas at the same applied index hold the
    same image, byte for byte.
 
-Also: a ``SkipSlots`` skips exactly the ``count`` slots it claims (the job's
-``skipped_slots`` statistic is what users see).
+Also: an accepted ``SkipSlots`` adds to the job's ``skipped_slots`` (what users see)
+exactly the number of slots it moved the cursor over — not the plan's ``count``,
+which a lagging replica may overstate.
 
 A violation raises ``simulations.checks.Violation`` with a one-line description.
 """
@@ -85,12 +86,14 @@ class SchedChecker:
         if not self.wants(index):
             return
         self.judged_index = index
+        before = self.jobs.get(cmd.job_id) if isinstance(cmd, SkipSlots) else None
         if isinstance(result, Ok):
             self._check_fencing(index, cmd)
-            if isinstance(cmd, SkipSlots) and result.ids:
-                self._skipped(cmd)
         for job_id, job in jobs:
             self._job_changed(job_id, job)
+        if isinstance(cmd, SkipSlots) and isinstance(result, Ok) and result.ids:
+            assert before is not None
+            self._skipped(cmd, before, self.jobs[cmd.job_id])
         for run_id, run in runs:
             self._run_changed(run_id, run, now_ms)
 
@@ -149,16 +152,16 @@ class SchedChecker:
                 f"placed on {before.node}"
             )
 
-    def _skipped(self, cmd: SkipSlots) -> None:
-        job = self.jobs[cmd.job_id]
-        after = job.last_slot_ms
-        count = len(slots_between(job.spec.schedule, after, cmd.through_slot_ms, cmd.count + 1))
-        if count != cmd.count:
+    def _skipped(self, cmd: SkipSlots, before: Job, after: Job) -> None:
+        start, through = before.last_slot_ms, after.last_slot_ms
+        skipped = slots_between(before.spec.schedule, start, through, cmd.count + 1)
+        counted = after.skipped_slots - before.skipped_slots
+        if counted != len(skipped):
             raise Violation(
-                f"SkipSlots of {cmd.job_id} through {cmd.through_slot_ms} counted "
-                f"{cmd.count} slots; {count} were skipped"
+                f"SkipSlots of {cmd.job_id} through {through} counted {counted} slots; "
+                f"{len(skipped)} were skipped"
             )
-        self.history[cmd.job_id].skipped.append((after, cmd.through_slot_ms))
+        self.history[cmd.job_id].skipped.append((start, through))
 
     def _job_changed(self, job_id: str, job: Job | None) -> None:
         old = self.jobs.pop(job_id, None)

@@ -156,8 +156,16 @@ def test_a_slot_neither_fired_nor_skipped_is_a_violation() -> None:
 def test_a_skip_that_miscounts_its_slots_is_a_violation() -> None:
     f = Feed()
     job_id = f.job()
+    f.ids(SkipSlots(job_id, T0 + 2000, 3, "skip", T0 + 9000))  # a lagging plan's count: fine
+    job = f.state.job(job_id)
+    assert job is not None and job.skipped_slots == 2
+    cmd = SkipSlots(job_id, T0 + 4000, 2, "skip", T0 + 9000)
+    overcounted = dataclasses.replace(
+        job, last_slot_ms=T0 + 4000, next_slot_ms=T0 + 5000, next_fire_at=T0 + 5000, skipped_slots=5
+    )
+    f.index += 1
     with pytest.raises(Violation, match="counted 3 slots; 2 were skipped"):
-        f.ids(SkipSlots(job_id, T0 + 2000, 3, "skip", T0 + 9000))
+        f.checker.applied("n1", f.index, cmd, Ok(("r" + "d" * 18,)), [(job_id, overcounted)], [], 0)
 
 
 def test_an_accepted_start_or_complete_with_a_stale_token_is_a_violation() -> None:
