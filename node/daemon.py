@@ -47,6 +47,10 @@ from web.port import format_host_port, parse_host_port
 
 log = logging.getLogger("rota.daemon")
 
+# Committed entries applied per Ready: about 2,500 fired slots or one full task batch,
+# so a burst of work is applied in pieces with heartbeats between them (node.driver).
+APPLY_BYTES_MAX = 64 << 10
+
 VERSION = "0.1.0"
 HOUSEKEEPING_INTERVAL_S = 1.0
 SHUTDOWN_TRANSFER_TIMEOUT_S = 3.0
@@ -265,6 +269,7 @@ def build_agent(cfg: NodeConfig) -> Agent:
         heartbeat_ticks=cfg.heartbeat_ticks,
         max_msg_bytes=min(1 << 20, cfg.max_frame_bytes // 2),
         max_snapshot_chunk_bytes=min(256 << 10, cfg.max_frame_bytes // 4),
+        max_apply_bytes=APPLY_BYTES_MAX,
         applied=store.applied_index(),
     )
     metrics = Metrics(VERSION)

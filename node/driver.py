@@ -280,17 +280,27 @@ class RaftDriver:
                 item = await self._inbox_recv.receive()
                 await self._run_item(item)
             await self._drain_inbox()
-            now = trio.current_time()
-            ticks = 0
-            while now >= next_tick and ticks < TICKS_CATCH_UP_MAX:
-                self.raft.tick()
-                next_tick += self.tick_s
-                ticks += 1
-            if now >= next_tick:
-                next_tick = now + self.tick_s  # too far behind: resynchronise
+            next_tick = self._tick_due(next_tick)
             while self.raft.has_ready():
                 await self._handle_ready(self.raft.ready())
                 await self._drain_inbox()
+                # A backlog of Readies (a long apply, bounded per Ready by the core's
+                # max_apply_bytes) must not stop the clock: heartbeats go out, and
+                # messages that came in are read, between them.
+                next_tick = self._tick_due(next_tick)
+
+    def _tick_due(self, next_tick: float) -> float:
+        """Tick the core for the time that has passed (at most ``TICKS_CATCH_UP_MAX``
+        ticks); returns when the next tick is due."""
+        now = trio.current_time()
+        ticks = 0
+        while now >= next_tick and ticks < TICKS_CATCH_UP_MAX:
+            self.raft.tick()
+            next_tick += self.tick_s
+            ticks += 1
+        if now >= next_tick:
+            next_tick = now + self.tick_s  # too far behind: resynchronise
+        return next_tick
 
     @staticmethod
     async def _run_item(item: InboxItem) -> None:

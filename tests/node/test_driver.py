@@ -193,3 +193,39 @@ async def test_followers_forward_proposals_to_the_leader(
         outcome = await services[follower].propose(b"maybe", timeout_s=1.0)
         assert isinstance(outcome, Unknown)
         nursery.cancel_scope.cancel()
+
+
+class SlowStateMachine(ListStateMachine):
+    """Every apply takes ``apply_s`` of (mock) time: a state machine busy with a
+    large batch, as 10,000 simultaneous fires make it."""
+
+    def __init__(self, clock: trio.testing.MockClock, apply_s: float) -> None:
+        super().__init__()
+        self.clock, self.apply_s = clock, apply_s
+
+    def apply(self, entries: Sequence[Entry]) -> tuple[list[bytes], Callable[[], None]]:
+        self.clock.jump(self.apply_s)
+        return super().apply(entries)
+
+
+async def test_a_long_apply_backlog_does_not_starve_heartbeats(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(["a", "b", "c"])
+    for i, d in c.drivers.items():
+        # One entry per Ready, each apply 0.1 s: the three nodes share one (mock) CPU,
+        # so a 10-entry backlog keeps them applying for 3 s (election: 0.5-1 s).
+        d.sm = c.sms[i] = SlowStateMachine(autojump_clock, 0.1)
+        d.raft.log.max_apply_bytes = 1
+    async with trio.open_nursery() as nursery:
+        for d in c.drivers.values():
+            await nursery.start(d.run)
+        leader = await c.wait_leader()
+        term = c.drivers[leader].raft.term
+        async with trio.open_nursery() as proposers:
+            for n in range(10):
+                proposers.start_soon(c.drivers[leader].propose, b"x%d" % n, 60.0)
+        await trio.sleep(2.0)
+        assert c.leader() == leader and c.drivers[leader].raft.term == term
+        assert all(len(sm.items) == 10 for sm in c.sms.values())
+        nursery.cancel_scope.cancel()
