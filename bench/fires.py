@@ -163,6 +163,13 @@ def _run_experiment(n: int, port: int, workdir: Path) -> Experiment:
                 continue
             if parse_instant_ms(scheduled) == x.due_at_ms:
                 x.proposal_lateness_ms.append(float(parse_instant_ms(queued) - x.due_at_ms))
+        observed = x.fire_buckets[-1][1] if x.fire_buckets else 0
+        if observed > len(x.proposal_lateness_ms):
+            x.notes.append(
+                f"the histograms hold {observed:.0f} observations for "
+                f"{len(x.proposal_lateness_ms)} fires: an old leader that had not yet "
+                "stepped down observed some too (see leader_changes)"
+            )
     finally:
         c.stop()
     return x
