@@ -167,8 +167,8 @@ def _run_experiment(n: int, port: int, workdir: Path) -> Experiment:
         if observed > len(x.proposal_lateness_ms):
             x.notes.append(
                 f"the histograms hold {observed:.0f} observations for "
-                f"{len(x.proposal_lateness_ms)} fires: an old leader that had not yet "
-                "stepped down observed some too (see leader_changes)"
+                f"{len(x.proposal_lateness_ms)} fires: two nodes each applied some Fires "
+                "while leader (a leader change during the firing, see leader_changes)"
             )
     finally:
         c.stop()
