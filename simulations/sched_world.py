@@ -27,6 +27,8 @@ liveness phase) with its hooks filled in as the real node (``node.scheduler``) d
   leader is crashed or transfers leadership right when its next slot is due) and
   crashes of workers in the middle of runs.
 - Clients (``sched_workload.client_command``) speak to the leader at random.
+- Phases: ``fault_phase_ms`` of faults, then the base world heals; the final checks
+  run once ``end_ms`` is reached and a leader has settled (``SETTLED_MS``).
 
 The checks are ``simulations.sched_checks.SchedChecker``'s; the Raft checker of the
 base world runs too. Planted bugs: ``sched_state.SCHED_BUGS``.
@@ -50,11 +52,11 @@ from simulations.sched_workload import Execution, client_command, execution
 from simulations.world import SIM_BUGS, TICK_MS, SimNode, World, derive
 
 EPOCH_MS = 1_700_000_000_000  # the simulated wall clocks start here
-PLAN_TICKS = 10
-WORKER_TICKS = 5
-RETRY_MS = 1_000
-GONE_MS = 800
-TIMEOUT_GRACE_MS = 1_000
+PLAN_TICKS = 10  # the leader plans every 100 ms of its ticks
+WORKER_TICKS = 5  # a worker looks at its queue every 50 ms
+RETRY_MS = 1_000  # a plan, Start or Complete not applied by then is proposed again
+GONE_MS = 800  # gossip takes a node that has not ticked this long for gone
+TIMEOUT_GRACE_MS = 1_000  # the leader's backstop: deadline plus this
 FIRE_BATCH_MAX = 64
 ASSIGN_BATCH_MAX = 64
 TIMEOUT_BATCH_MAX = 16
@@ -64,16 +66,18 @@ STEAL_BATCH_MAX = 4
 STEAL_COOLDOWN_MS = 300
 COMPLETE_TRIES_MAX = 3
 CLIENT_RATE = 0.12  # of the base workload's steps (every 10-60 ms)
-COMPARE_MS = 2_000
+COMPARE_MS = 2_000  # replicas at one index are compared this often
 SETTLE_BOUND_MS = 15_000  # inv 5: a run is terminal this long after it was created
-OWED_MARGIN_MS = 3_000
-END_WAIT_MS = 3_000  # the final checks wait this long at most for a settled leader
-SETTLED_MS = 1_000  # led this long and applied all it committed (a leader whose Raft
-# clock jumps steps down, also in the liveness phase: slots wait for the next one)  # inv 2: slots due this long before the end must be accounted
+OWED_MARGIN_MS = 3_000  # inv 2: slots due this long before the end must be accounted
+END_WAIT_MS = 3_000  # the final checks wait this long at most for a settled leader:
+SETTLED_MS = 1_000  # one that led this long and applied all it committed (a leader
+# whose Raft clock jumps steps down, also when healed; its slots wait for the next)
 
 
 @dataclass(frozen=True)
 class SchedFaults:
+    """The scheduler's own faults, drawn per seed beside the Raft world's ``FaultMix``."""
+
     slot_faults: bool
     worker_crashes: bool
 
