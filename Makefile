@@ -29,6 +29,7 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m simulations --seeds 0:300
+	$(BIN)/python -m simulations --mode scheduler --seeds 0:100
 	$(BIN)/python -m simulations.chaos --nodes 3 --duration 40 --seed 1
 
 # Real agents under injected faults, one seed after another; fails if any seed did.
