@@ -206,7 +206,7 @@ class SchedulerService:
     gone_nodes: Callable[[], list[NodeId]]
     executors: Executors
     output: Callable[[str, bytes], None]
-    events: SchedulerEvents = field(default_factory=EventLog)
+    events: SchedulerEvents  # metrics (node.metrics.Metrics) or the EventLog twin
     slots: int = WORKER_SLOTS_DEFAULT
     queue_max: int = WORKER_QUEUE_MAX_DEFAULT
     steal_threshold: int = STEAL_THRESHOLD_DEFAULT
