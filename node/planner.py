@@ -182,13 +182,24 @@ def _held(state: StateTables, run: Run) -> bool:
 # ---------------------------------------------------------------- backstops
 
 
-def timeouts(state: StateTables, now_ms: int, grace_ms: int, batch_max: int) -> list[TimeoutRun]:
+def timeouts(
+    state: StateTables,
+    now_ms: int,
+    grace_ms: int,
+    batch_max: int,
+    seen_ms: Mapping[str, int] | None = None,
+) -> list[TimeoutRun]:
     """Running runs past their deadline plus ``grace_ms`` (the worker should have
-    reported ``timed_out`` itself; this covers a worker that cannot)."""
+    reported ``timed_out`` itself; this covers a worker that cannot). A run's start
+    was stamped by its worker's clock; ``seen_ms`` holds this node's own clock when
+    it applied the run's ``Start``, and the later of the two counts, so a worker's
+    clock that is behind cannot make the leader time a run out early."""
+    seen = seen_ms or {}
     out: list[TimeoutRun] = []
     for run in state.running():
         deadline = deadline_ms(run)
-        assert deadline is not None
+        assert deadline is not None and run.started_at is not None
+        deadline += max(0, seen.get(run.id, run.started_at) - run.started_at)
         if deadline + grace_ms <= now_ms:
             out.append(TimeoutRun(run.id, run.token, now_ms))
             if len(out) >= batch_max:

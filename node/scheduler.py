@@ -80,6 +80,7 @@ WORKER_QUEUE_MAX_DEFAULT = 8
 STEAL_THRESHOLD_DEFAULT = 0
 STEAL_BATCH_MAX_DEFAULT = 32
 STEAL_INTERVAL_S_DEFAULT = 0.2
+SEEN_STARTS_SLACK = 1024
 
 
 def now_ms() -> int:
@@ -215,6 +216,7 @@ class SchedulerService:
     changed: trio.Event = field(default_factory=trio.Event)
     running: dict[str, trio.CancelScope] = field(default_factory=dict)
     stealing: bool = False
+    started_seen: dict[str, int] = field(default_factory=dict)  # run id -> now_ms at Start
 
     def __post_init__(self) -> None:
         self.sm.listeners.append(self._on_apply)
@@ -255,9 +257,10 @@ class SchedulerService:
                         self.events.fired((now - due) / 1000)
             case SkipSlots() if self.role() is Role.LEADER and result.ids:
                 self.events.misfire(cmd.policy, cmd.count)
-            case Start() if cmd.node == self.node_id:
+            case Start():
+                self._seen_start(cmd.run_id)
                 run = state.run(cmd.run_id)
-                if run is not None and run.started_at is not None:
+                if cmd.node == self.node_id and run is not None and run.started_at is not None:
                     ready = max(run.queued_at, run.not_before or 0)
                     self.events.run_started(max(0, run.started_at - ready) / 1000)
             case Steal() if result.ids and self.node_id in (cmd.to_node, cmd.from_node):
@@ -265,6 +268,15 @@ class SchedulerService:
                 self.events.steal(direction, len(result.ids))
             case _:
                 pass
+
+    def _seen_start(self, run_id: str) -> None:
+        """Remember this node's clock when a run started (``timeouts``), forgetting
+        runs that no longer run once the map outgrows what runs by half."""
+        self.started_seen[run_id] = now_ms()
+        state = self.sm.state
+        if len(self.started_seen) > SEEN_STARTS_SLACK + 3 * state.running_total() // 2:
+            seen = self.started_seen
+            self.started_seen = {r.id: seen[r.id] for r in state.running() if r.id in seen}
 
     # ------------------------------------------------------------------ leader
     async def leader_loop(
@@ -311,7 +323,7 @@ class SchedulerService:
         cmds += due_fires(state, now, FIRE_BATCH_MAX, FIRE_BATCHES_MAX)
         cmds += lost_nodes(state, self.gone_nodes(), now)
         cmds += placements(state, self.loads(), now, ASSIGN_BATCH_MAX, queue_max=self.queue_max)
-        cmds += timeouts(state, now, TIMEOUT_GRACE_MS, TIMEOUT_BATCH_MAX)
+        cmds += timeouts(state, now, TIMEOUT_GRACE_MS, TIMEOUT_BATCH_MAX, self.started_seen)
         return cmds
 
     # ------------------------------------------------------------------ worker

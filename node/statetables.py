@@ -326,6 +326,10 @@ class StateTables:
     def running_count(self, node: str) -> int:
         return len(self._running_on.get(node, ()))
 
+    def running_total(self) -> int:
+        """How many runs are running, on all nodes."""
+        return sum(len(ids) for ids in self._running_on.values())
+
     def running(self) -> Iterator[Run]:
         """Every running run, by node then id."""
         for node in sorted(self._running_on):

@@ -328,6 +328,20 @@ def test_timeouts_after_the_deadline_plus_grace_bounded() -> None:
     assert leader.state.apply(stale, leader.index).code == "stale_token"  # type: ignore[union-attr]
 
 
+def test_a_worker_clock_behind_the_leaders_cannot_time_a_run_out_early() -> None:
+    leader = Leader()
+    (run_id,) = leader.tasks(5, timeout_s=30)
+    leader.apply([Assign((run_id,), "n1", T0)])
+    leader.apply([Start(run_id, "n1", leader.index, T0)])  # the worker's clock said T0
+    seen = {run_id: T0 + 20_000}  # the leader's own clock when it applied the Start
+    assert len(timeouts(leader.state, T0 + 36_000, 5_000, 10)) == 1
+    assert timeouts(leader.state, T0 + 36_000, 5_000, 10, seen) == []
+    (late,) = timeouts(leader.state, T0 + 55_000, 5_000, 10, seen)
+    (result,) = leader.apply([late])
+    assert result.ids == (run_id,)
+    assert leader.state.run(run_id).state == "timed_out"  # type: ignore[union-attr]
+
+
 def test_lost_nodes_only_for_nodes_holding_runs() -> None:
     leader = Leader()
     (run_id,) = leader.tasks(5)

@@ -19,6 +19,7 @@ from node.commands import (
     CreateJob,
     Fire,
     Ok,
+    Start,
     SubmitTasks,
     decode_result,
     encode_command,
@@ -27,7 +28,7 @@ from node.driver import Committed
 from node.executors import Executors, RunResult, ScriptedExecutor
 from node.model import EverySchedule, JobSpec, MisfirePolicy, TaskSpec
 from node.modeljson import executor_from_json
-from node.scheduler import EventLog, SchedulerService, now_ms
+from node.scheduler import SEEN_STARTS_SLACK, EventLog, SchedulerService, now_ms
 from tests.node.onenode import OneNode
 
 SHELL = executor_from_json({"type": "shell", "command": ["/bin/true"]}, ())
@@ -205,3 +206,24 @@ async def test_a_round_fires_every_due_slot_in_several_entries(harness: Harness)
     assert len(harness.events.named("fired")) == 600
     assert not [c for c in leader.plan(now) if isinstance(c, Fire)]  # nothing left due
     assert 0 <= leader._until_next_round_s() <= 0.1
+
+
+async def test_this_nodes_clock_at_each_start_is_kept_for_running_runs_only(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    runs = await harness.tasks(3)
+    await harness.apply(Assign(tuple(runs), "n1", now_ms()))
+    worker = harness.service("n1", slots=3, steal_batch_max=0)
+    harness.executor.duration_s = 5.0
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.worker_loop)
+        await _until(lambda: all(s == "running" for s, _ in harness.states(runs)))
+        assert set(worker.started_seen) == set(runs)
+        assert all(abs(t - now_ms()) < 60_000 for t in worker.started_seen.values())
+        await _until(lambda: all(s == "succeeded" for s, _ in harness.states(runs)))
+        nursery.cancel_scope.cancel()
+    worker.started_seen.update({f"gone{i}": 0 for i in range(SEEN_STARTS_SLACK + 1)})
+    extra = await harness.tasks(1)
+    await harness.apply(Assign(tuple(extra), "n1", now_ms()))
+    await harness.apply(Start(extra[0], "n1", harness.index, now_ms()))
+    assert set(worker.started_seen) == set(extra)  # the ended and unknown ones are gone
