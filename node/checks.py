@@ -97,12 +97,17 @@ def check_str_map(
         raise ValidationError(name, "must be an object of strings")
     if len(value) > entries_max:
         raise ValidationError(name, f"must have at most {entries_max} entries, got {len(value)}")
+    if not value:
+        return EMPTY_STR_MAP  # shared: most jobs have no tags, metadata or env
     for key, item in value.items():
         if not isinstance(key, str):
             raise ValidationError(name, f"keys must be strings, got {key!r:.40}")
         check_str(key, f"{name}.{key}", key_chars_max, key_pattern)
         check_str(item, f"{name}.{key}", value_chars_max, empty_ok=True)
     return types.MappingProxyType(dict(sorted(value.items())))
+
+
+EMPTY_STR_MAP: Mapping[str, str] = types.MappingProxyType({})  # read-only, so one will do
 
 
 __all__ = [

@@ -33,6 +33,7 @@ from typing import Final, Literal, get_args
 from urllib.parse import urlsplit
 
 from node.checks import (
+    EMPTY_STR_MAP,
     ValidationError,
     check_bool,
     check_int,
@@ -132,7 +133,7 @@ def _frozen_set(obj: object, name: str, value: object) -> None:
 
 
 def empty_map() -> Mapping[str, str]:
-    return types.MappingProxyType({})
+    return EMPTY_STR_MAP
 
 
 def is_job_id(value: object) -> bool:

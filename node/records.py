@@ -14,6 +14,7 @@ Rules:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from typing import Final, TypeVar, cast
 
@@ -41,6 +42,7 @@ from node.schedule import AtSchedule, CronSchedule, EverySchedule, Schedule
 
 RECORD_FORMAT: Final = 1
 T = TypeVar("T")
+INTERN_CHARS_MAX: Final = 64  # command words this short are shared between records
 
 
 class DecodeError(ValueError):
@@ -111,9 +113,33 @@ def as_str_map(value: object, what: str) -> dict[str, str]:
 
 
 def as_str_tuple(value: object, what: str) -> tuple[str, ...]:
+    """Short items are interned: commands repeat the same words across many jobs."""
     if not isinstance(value, list):
         raise DecodeError(f"{what}: expected an array of strings, got {value!r:.40}")
-    return tuple(as_str(v, what) for v in value)
+    return tuple(_interned(as_str(v, what)) for v in value)
+
+
+_SHARED: dict[str, object] = {}
+SHARED_VALUES_MAX: Final = 4096
+
+
+def shared(value: T) -> T:
+    """One instance of each identical immutable part (a policy, a schedule): many
+    jobs have the same ones, and a record needs no copy of its own. Keyed by
+    ``repr``, not equality, so ``-0.0`` and ``0.0`` stay apart and every replica
+    re-encodes exactly what it decoded. At most ``SHARED_VALUES_MAX`` are kept; past
+    that, values are simply not shared."""
+    key = repr(value)
+    found = _SHARED.get(key)
+    if found is not None and type(found) is type(value):
+        return found
+    if len(_SHARED) < SHARED_VALUES_MAX:
+        _SHARED[key] = value
+    return value
+
+
+def _interned(text: str) -> str:
+    return sys.intern(text) if len(text) <= INTERN_CHARS_MAX else text
 
 
 def built(what: str, build: Callable[..., T], /, *args: object) -> T:
@@ -144,6 +170,10 @@ def schedule_out(s: Schedule) -> list[object]:
 
 
 def schedule_in(value: object) -> Schedule:
+    return shared(_schedule_in(value))
+
+
+def _schedule_in(value: object) -> Schedule:
     if not isinstance(value, list) or not value:
         raise DecodeError(f"schedule: expected an array, got {value!r:.40}")
     kind = value[0]
@@ -193,7 +223,7 @@ def retry_out(r: RetryPolicy) -> list[object]:
 
 
 def retry_in(value: object) -> RetryPolicy:
-    return built("retry", RetryPolicy, *array(value, 5, "retry"))
+    return shared(built("retry", RetryPolicy, *array(value, 5, "retry")))
 
 
 def misfire_out(m: MisfirePolicy) -> list[object]:
@@ -201,7 +231,7 @@ def misfire_out(m: MisfirePolicy) -> list[object]:
 
 
 def misfire_in(value: object) -> MisfirePolicy:
-    return built("misfire", MisfirePolicy, *array(value, 3, "misfire"))
+    return shared(built("misfire", MisfirePolicy, *array(value, 3, "misfire")))
 
 
 # ---------------------------------------------------------------- specs

@@ -595,3 +595,14 @@ def test_commands_check_their_fields_when_built() -> None:
 )
 def test_results_round_trip(result: Ok | Rejected) -> None:
     assert decode_result(encode_result(result)) == result
+
+
+def test_decoded_policies_and_schedules_are_shared_but_never_confused() -> None:
+    from node.records import misfire_in, retry_in, schedule_in
+
+    assert retry_in([3, 1.0, 2.0, 60.0, 0.1]) is retry_in([3, 1.0, 2.0, 60.0, 0.1])
+    assert misfire_in(["skip", 60, 10]) is misfire_in(["skip", 60, 10])
+    assert schedule_in(["every", 60, 0, 0]) is schedule_in(["every", 60, 0, 0])
+    zero, minus_zero = retry_in([1, 0.0, 2.0, 60.0, 0.0]), retry_in([1, -0.0, 2.0, 60.0, 0.0])
+    assert zero == minus_zero and zero is not minus_zero  # equal, but encode differently
+    assert repr(minus_zero.backoff_initial_s) == "-0.0"
