@@ -64,6 +64,7 @@ SETTLE_MARGIN_S = 20.0
 POLL_INTERVAL_S = 1.5
 PAGE_LIMIT = 500
 VOTER_GRACE_S = 3
+INJECTED_DISK_FULL = "injected by the fault-injection control"  # node.faults' StorageFull
 
 
 def free_base(span: int) -> int:
@@ -118,7 +119,7 @@ class Scenario:
         self.records: dict[str, sidefx.RunRecord] = {}
         self.jobs: dict[str, int] = {}  # scheduled job id -> first slot
         self.registers: dict[str, str] = {}  # register name -> job id
-        self.expected_exits: set[str] = set()  # nodes we stopped (or filled the disk of)
+        self.expected_exits: set[str] = set()  # nodes we killed
         self.t0 = 0.0
         self.rng = random.Random(f"{self.seed}/runner")  # the main thread's choices
         self.starts = self.retried = 0  # start lines, and those of attempts after the first
@@ -363,7 +364,6 @@ class Scenario:
             case "clock":
                 self.set_faults(fault.victim, {"clock_offset_ms": fault.params["offset_ms"]})
             case "disk_full":
-                self.expected_exits.add(fault.victim)
                 self.set_faults(fault.victim, {"disk_full": True})
             case _:
                 pairs = faultplan.blocked_pairs(fault, self.names, self.leader())
@@ -373,21 +373,30 @@ class Scenario:
                         self.set_faults(n, {"links": links})
 
     def heal(self) -> None:
-        """Every node running, continued and without injected faults."""
+        """Every node continued, without injected faults, and running. A node that died
+        of an injected full disk may do so a moment after its fault was cleared (the
+        write failed before), so that is told from its log, not from timing."""
         c = self.cluster
+        for name in self.names:
+            c.signal(name, signal.SIGCONT)
+            self.set_faults(name, {})  # False (and nothing to clear) if it is down
         for name in self.names:
             node = c.nodes[name]
             if node.alive():
-                c.signal(name, signal.SIGCONT)
                 continue
-            if name not in self.expected_exits:
+            if name not in self.expected_exits and not self.died_of_full_disk(name):
                 code = node.proc.returncode if node.proc is not None else None
                 self.report.violations.append(f"{name} exited on its own (code {code})")
             c.start_node(name)
+            self.set_faults(name, {})  # waits for it to answer (keeps a planted bug)
         self.expected_exits.clear()
         self.note_pids()
-        for name in self.names:
-            self.set_faults(name, {})
+
+    def died_of_full_disk(self, name: str) -> bool:
+        """Whether ``name``'s last run ended on the injected ``StorageFull``."""
+        path = self.cluster.nodes[name].log_path
+        text = path.read_text(errors="replace") if path is not None else ""
+        return INJECTED_DISK_FULL in text[text.rfind(" is up") :]
 
     def run_faults(self) -> None:
         kinds = self.args.faults.split(",") if self.args.faults else faultplan.FAULT_KINDS

@@ -103,8 +103,25 @@ def test_the_control_exists_only_with_the_flag_and_for_admins(tmp_path: Path) ->
 @pytest.mark.slow
 def test_a_planted_fencing_bug_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--nodes", "3", "--duration", "25", "--seed", "1", "--faults", "loss"]
-    code = chaos.main([*argv, "--task-clients", "4", "--plant", "start_unfenced"])
+    # Runs that sleep fill the leader's slots, so followers run (and forward Starts that
+    # the lossy links lose): each lost Start is a double start under the planted bug.
+    extra = ["--task-clients", "4", "--run-sleep-s", "2", "--plant", "start_unfenced"]
+    code = chaos.main([*argv, *extra])
     out = capsys.readouterr().out
     assert code == 1, out
     assert "started 2 times" in out, out
     assert out.strip().splitlines()[-1].startswith("chaos: seed=1 nodes=3"), out
+
+
+def test_a_death_by_injected_full_disk_is_told_from_the_log(tmp_path: Path) -> None:
+    args = chaos.argparse.Namespace(nodes=3, seed=1, plant=None)
+    scenario = chaos.Scenario(args, tmp_path)
+    node = scenario.cluster.nodes["n1"]
+    node.log_path = tmp_path / "agent.log"
+    up = "node n1 is up\n"
+    node.log_path.write_text(
+        up + "StorageFull: no room (injected by the fault-injection control)\n"
+    )
+    assert scenario.died_of_full_disk("n1")
+    node.log_path.write_text(node.log_path.read_text() + up + "Traceback: something else\n")
+    assert not scenario.died_of_full_disk("n1")  # this run died of something else
