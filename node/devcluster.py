@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -249,6 +251,29 @@ class LocalCluster:
                     return leader
             time.sleep(0.1)
         raise TimeoutError(f"no agreed leader among {names} within {timeout_s} s")
+
+
+def free_http_base(nodes: int) -> int:
+    """An HTTP base port for ``nodes`` local agents whose API, Raft (+1000) and gossip
+    (+2000) ports are all free (TCP and UDP): for tests and benchmarks that run
+    clusters side by side."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 40_000)
+        ports = [base + offset + k for offset in (0, 1000, 2000) for k in range(nodes)]
+        if all(_port_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port range for a local cluster")
+
+
+def _port_free(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
 
 
 def run_dev(data_dir: Path, nodes_total: int, http_port: int) -> int:

@@ -33,7 +33,6 @@ import contextlib
 import random
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -45,7 +44,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from node.devcluster import LocalCluster
+from node.devcluster import LocalCluster, free_http_base
 from node.faults import PLANTED_BUGS
 from node.httpclient import ApiClient, ApiError, ClientError
 from simulations import faultplan, sidefx
@@ -67,26 +66,6 @@ VOTER_GRACE_S = 3
 INJECTED_DISK_FULL = "injected by the fault-injection control"  # node.faults' StorageFull
 
 
-def free_base(span: int) -> int:
-    """An HTTP base port whose +0.., +1000.. and +2000.. ranges are free (TCP and UDP)."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20_000, 40_000)
-        if all(_free(base + off + k) for off in (0, 1000, 2000) for k in range(span)):
-            return base
-    raise RuntimeError("no free port range")
-
-
-def _free(port: int) -> bool:
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
 @dataclass
 class Report:
     faults: Counter[str] = field(default_factory=Counter)
@@ -104,7 +83,7 @@ class Scenario:
         self.cluster = LocalCluster(
             data_dir,
             args.nodes,
-            free_base(args.nodes + 1),
+            free_http_base(args.nodes + 1),
             extra_args=["--fault-injection", "true", "--voter-grace-s", str(VOTER_GRACE_S)],
         )
         self.names = sorted(self.cluster.nodes)

@@ -13,30 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from node.devcluster import LocalCluster
+from node.devcluster import LocalCluster, free_http_base
 
 pytestmark = pytest.mark.slow
 
 
 def free_base(span: int = 10) -> int:
-    """An HTTP base port whose +0..span, +1000.. and +2000.. ranges are all free."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20_000, 40_000)
-        ports = [base + off + k for off in (0, 1000, 2000) for k in range(span)]
-        if all(_port_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port range")
-
-
-def _port_free(port: int) -> bool:
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
+    return free_http_base(span)
 
 
 def start(tmp_path: Path, n: int, voters: int = 0) -> LocalCluster:

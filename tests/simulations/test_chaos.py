@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from node import auth
-from node.devcluster import LocalCluster
+from node.devcluster import LocalCluster, free_http_base
 from node.faults import FaultState, LinkRule
 from simulations import chaos, faultplan
 from tests.node.test_cluster_processes import wait_for
@@ -81,7 +81,7 @@ def _status(c: LocalCluster, node: str, token: str) -> int:
 
 @pytest.mark.slow
 def test_the_control_exists_only_with_the_flag_and_for_admins(tmp_path: Path) -> None:
-    c = LocalCluster(tmp_path / "c", 2, chaos.free_base(3), voters=1)
+    c = LocalCluster(tmp_path / "c", 2, free_http_base(3), voters=1)
     c.prepare()
     c.extra_args = ["--fault-injection", "true"]
     c.start_node("n1")

@@ -9,16 +9,14 @@ browser download). Skipped, saying why, where that binary is absent. Screenshots
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from node.devcluster import LocalCluster
+from node.devcluster import LocalCluster, free_http_base
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
@@ -44,28 +42,9 @@ pytestmark = [
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 
-def _free_base() -> int:
-    """An HTTP port base whose three API, Raft and gossip ports are all free."""
-    for _ in range(50):
-        base = random.randrange(20_000, 29_000)
-        ports = [base + k + offset for k in range(3) for offset in (0, 1000, 2000)]
-        if all(_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "cluster", nodes_total=3, http_port=_free_base())
+    c = LocalCluster(tmp_path / "cluster", nodes_total=3, http_port=free_http_base(3))
     c.start()
     try:
         c.wait_leader()
