@@ -42,12 +42,22 @@ chaos: $(STAMP)
 sim: $(STAMP)
 	$(BIN)/python -m simulations --seeds $(SEEDS)
 
-# wrk drives the API benchmarks (bench/load.py); install it when missing and root on
-# Debian, as .ci/run does for make. Without it the bench falls back and says so.
+# wrk drives the API benchmarks (bench/load.py) and etcd is the peer measured beside
+# Rota (bench/etcd.py); install them when missing and root on Debian, as .ci/run does
+# for make. Without wrk the bench falls back and says so; without etcd its section is
+# skipped with a note. The package's own etcd service is stopped and disabled: the
+# bench starts its own members on loopback.
 bench: $(STAMP)
-	@if ! command -v wrk >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
-	    && [ "$$(id -u)" = "0" ]; then \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; \
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = "0" ]; then \
+	  missing=""; \
+	  command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	  command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
+	  if [ -n "$$missing" ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	    case "$$missing" in *etcd-server*) \
+	      (systemctl disable --now etcd || service etcd stop || true) >/dev/null 2>&1;; \
+	    esac; \
+	  fi; \
 	fi
 	$(BIN)/python -m bench
 

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import cluster, fires, rss, steal, storage, tasks
+from bench import cluster, etcd, fires, plots, rss, scaling, steal, storage, tasks
 from bench.core import Section, SectionResult, filesystem_of, format_table, merge_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +20,9 @@ SECTIONS: dict[str, Section] = {
     "fires": fires.run,
     "rss": rss.run,
     "steal": steal.run,
+    "etcd": etcd.run,
+    "scaling": scaling.run,
+    "plots": plots.run,
 }
 
 

@@ -48,8 +48,13 @@ EACH_ONCE_TIMEOUT_S = 1800.0  # bound on registering a list (100k jobs take minu
 EACH_ONCE_GRACE_S = 15.0  # wait for the last answers once every request is sent
 POLL_S = 0.05
 
+# The latency quantiles wrk's ``done`` hook prints (its histogram, 1 us resolution):
+# the per-request latency distribution the plots draw.
+CDF_QUANTILES = (*range(1, 100), 99.5, 99.9, 99.99)  # wrk answers 0 for 100
+
 LUA_SCRIPT = r"""
 -- Written by bench/load.py. args: mode bodies_file done_dir threads method path token
+-- (an empty token sends no Authorization header)
 local threads = {}
 local next_tid = 0
 
@@ -63,7 +68,7 @@ function init(args)
   mode, done_dir = args[1], args[3]
   local nthreads = tonumber(args[4])
   method, path = args[5], args[6]
-  wrk.headers["Authorization"] = "Bearer " .. args[7]
+  if args[7] ~= "" then wrk.headers["Authorization"] = "Bearer " .. args[7] end
   wrk.headers["Content-Type"] = "application/json"
   statuses, bodies, sent, answered = {}, {}, 0, 0
   verifying = tid == 0
@@ -112,17 +117,23 @@ function done(summary, latency, requests)
   local parts = {}
   for status, n in pairs(total) do parts[#parts + 1] = string.format('"%d": %d', status, n) end
   local e = summary.errors
+  local cdf = {}
+  for _, q in ipairs(CDF_QUANTILES) do
+    cdf[#cdf + 1] = string.format("[%s, %d]", q, latency:percentile(q))
+  end
   io.write(string.format(
-    'ROTA_WRK {"duration_us": %d, "socket_errors": %d, "p50_us": %d, "p99_us": %d, "statuses": {%s}}\n',
+    'ROTA_WRK {"duration_us": %d, "socket_errors": %d, "p50_us": %d, "p99_us": %d, "statuses": {%s}, "cdf_us": [%s]}\n',
     summary.duration, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(99), table.concat(parts, ", ")))
+    latency:percentile(50), latency:percentile(99), table.concat(parts, ", "),
+    table.concat(cdf, ", ")))
 end
 """
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """What a load sends: ``method path`` with ``Authorization: Bearer token``."""
+    """What a load sends: ``method path`` with ``Authorization: Bearer token`` (no
+    such header when ``token`` is empty: a peer without Rota's auth)."""
 
     base_url: str  # http://host:port
     method: str
@@ -139,6 +150,8 @@ class LoadResult:
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     notes: list[str] = field(default_factory=list)
+    # (quantile 0..100, latency ms) pairs: the distribution, when the engine gives it
+    latency_cdf_ms: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def ok(self) -> int:
@@ -190,6 +203,8 @@ def wrk_result(parsed: dict[str, object], duration_s: float) -> LoadResult:
     assert isinstance(p50, int) and isinstance(p99, int), parsed
     errors = parsed["socket_errors"]
     assert isinstance(errors, int), parsed
+    cdf = parsed.get("cdf_us", [])
+    assert isinstance(cdf, list), parsed
     return LoadResult(
         "wrk",
         duration_s,
@@ -197,6 +212,7 @@ def wrk_result(parsed: dict[str, object], duration_s: float) -> LoadResult:
         errors,
         p50 / 1000,
         p99 / 1000,
+        latency_cdf_ms=[(float(q), us / 1000) for q, us in cdf],
     )
 
 
@@ -210,7 +226,8 @@ def _wrk_argv(
 ) -> list[str]:
     done_dir.mkdir(parents=True, exist_ok=True)
     script = done_dir / "load.lua"
-    script.write_text(LUA_SCRIPT)
+    quantiles = ", ".join(str(q) for q in CDF_QUANTILES)
+    script.write_text(f"CDF_QUANTILES = {{{quantiles}}}\n" + LUA_SCRIPT)
     wrk = wrk_path()
     assert wrk is not None
     argv = [wrk, "-t", str(WRK_THREADS), "-c", str(max(connections, WRK_THREADS))]
@@ -367,7 +384,9 @@ def _python_load(
 ) -> LoadResult:
     url = urlsplit(req.base_url)
     assert url.hostname is not None and url.port is not None, req.base_url
-    headers = {"Authorization": f"Bearer {req.token}", "Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json"}
+    if req.token:
+        headers["Authorization"] = f"Bearer {req.token}"
     processes = min(PY_PROCESSES, connections)
     shares = [
         _Share(
@@ -400,4 +419,5 @@ def _python_load(
         percentile(latencies, 50) * 1000 if latencies else None,
         percentile(latencies, 99) * 1000 if latencies else None,
         [f"wrk not installed: {processes} Python client processes; rates may be client-bound"],
+        [(q, percentile(latencies, q) * 1000) for q in CDF_QUANTILES] if latencies else [],
     )

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from bench import agents, load
 from bench.core import Metric, SectionResult, env_int, median
+from node.devcluster import LocalCluster
 from node.jobs import TASKS_PER_BATCH_MAX
 
 HTTP_BASE_PORT = 27_200
@@ -37,34 +38,52 @@ BATCH_CONNECTIONS = 4  # a 1000-task batch is ~100 kB of JSON: a few in flight s
 ROUNDS = env_int("ROTA_BENCH_TASKS_ROUNDS", 3)
 SLICE_S = env_int("ROTA_BENCH_TASKS_SLICE_S", 5)
 TASK = {"executor": {"type": "shell", "command": ["/bin/true"]}}
+KINDS = ("healthz", "tasks", "batch")
+
+
+def measure_rounds(
+    c: LocalCluster,
+    workdir: Path,
+    kinds: tuple[str, ...] = KINDS,
+    rounds: int = ROUNDS,
+    slice_s: float = SLICE_S,
+) -> list[dict[str, load.LoadResult]]:
+    """``rounds`` rounds of ``slice_s`` slices of each of ``kinds`` (``healthz``,
+    ``tasks``, ``batch``) against the leader of the started cluster ``c``, in that
+    order within a round; any node count (the 1-, 3- and 5-node scaling uses it)."""
+    leader = c.wait_leader()
+    loads = {
+        "healthz": (agents.request(c, leader, "GET", "/healthz", "operator"), None, CONNECTIONS),
+        "tasks": (
+            agents.request(c, leader, "POST", "/api/v1/tasks", "operator"),
+            json.dumps(TASK),
+            CONNECTIONS,
+        ),
+        "batch": (
+            agents.request(c, leader, "POST", "/api/v1/tasks:batch", "operator"),
+            json.dumps({"tasks": [TASK] * TASKS_PER_BATCH_MAX}),
+            BATCH_CONNECTIONS,
+        ),
+    }
+    out: list[dict[str, load.LoadResult]] = []
+    for i in range(rounds):
+        slice_dir = workdir / f"round{i}"
+        out.append(
+            {
+                kind: load.for_duration(
+                    loads[kind][0], loads[kind][1], loads[kind][2], slice_s, slice_dir / kind
+                )
+                for kind in kinds
+            }
+        )
+    return out
 
 
 def run(workdir: Path) -> SectionResult:
     started = time.perf_counter()
     c = agents.start_cluster(workdir / "cluster", HTTP_BASE_PORT, {"worker_slots": 0})
     try:
-        leader = c.wait_leader()
-        healthz = agents.request(c, leader, "GET", "/healthz", "operator")
-        tasks = agents.request(c, leader, "POST", "/api/v1/tasks", "operator")
-        batch = agents.request(c, leader, "POST", "/api/v1/tasks:batch", "operator")
-        task_body = json.dumps(TASK)
-        batch_body = json.dumps({"tasks": [TASK] * TASKS_PER_BATCH_MAX})
-        rounds: list[dict[str, load.LoadResult]] = []
-        for i in range(ROUNDS):
-            slice_dir = workdir / f"round{i}"
-            rounds.append(
-                {
-                    "healthz": load.for_duration(
-                        healthz, None, CONNECTIONS, SLICE_S, slice_dir / "healthz"
-                    ),
-                    "tasks": load.for_duration(
-                        tasks, task_body, CONNECTIONS, SLICE_S, slice_dir / "tasks"
-                    ),
-                    "batch": load.for_duration(
-                        batch, batch_body, BATCH_CONNECTIONS, SLICE_S, slice_dir / "batch"
-                    ),
-                }
-            )
+        rounds = measure_rounds(c, workdir)
     finally:
         c.stop()
     return _result(rounds, time.perf_counter() - started)
