@@ -328,6 +328,7 @@ def build_agent(cfg: NodeConfig) -> Agent:
         ring_max=cfg.events_ring_max,
     )
     sm.listeners.append(agent.events.on_apply)
+    sm.observers.append(agent.events.on_command)
     for peer, hp in cfg.peers.items():
         agent.set_peer_address(peer, (hp.host, hp.port))
     return agent

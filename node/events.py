@@ -18,6 +18,11 @@ Rules:
 - Snapshots are built once per tick for all subscribers, by ``run`` (a trio service).
   The stats in them count what the ring saw since the previous tick, cluster-wide:
   every node applies the same log, so any node's feed shows the whole cluster.
+- Steals are seen as commands, not records: ``on_command`` is a
+  ``SchedulerStateMachine`` observer (same rules as ``on_apply``) and keeps the last
+  ``STEALS_MAX`` committed ``Steal``s that moved runs. Each snapshot carries them.
+- History: the stats of the last ``HISTORY_MAX`` snapshots, sent to a new subscriber
+  before anything else, so a page opened now draws the last minutes at once.
 """
 
 from __future__ import annotations
@@ -25,25 +30,30 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
+from node.commands import Command, Ok, Result, Steal
 from node.model import Run
 from node.modeljson import run_to_json
 from node.queries import queue_depths
 from node.records import decode_run
+from node.schedule import format_ms
 from node.statetables import TABLE_RUNS, Change, StateTables
 from web.port import (
     ClusterSnapshot,
     ClusterView,
     FeedEvent,
     FeedStats,
+    History,
     NodeLoad,
     QueueDepth,
     Reset,
+    StealEvent,
     Unavailable,
 )
 
@@ -52,6 +62,8 @@ BUFFER_MAX_DEFAULT = 1024
 SUBSCRIBERS_MAX_DEFAULT = 1024
 SNAPSHOT_INTERVAL_S = 1.0
 QUEUE_NODES_MAX = 64  # queue depths reported for at most this many nodes (x 10 priorities)
+STEALS_MAX = 50  # recent steals carried by each snapshot
+HISTORY_MAX = 300  # snapshots' stats sent at subscribe: 5 minutes at one a second
 TERMINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "cancelled", "skipped"})
 FAILED_STATES = frozenset({"failed", "timed_out"})
 
@@ -98,7 +110,8 @@ class FeedStatistics:
 @dataclass
 class EventFeed:
     """Run events and snapshots for ``web.port.EventsPort``. Subscribe ``on_apply`` to
-    ``SchedulerStateMachine.listeners`` and start ``run`` in the node's nursery."""
+    ``SchedulerStateMachine.listeners``, ``on_command`` to its ``observers``, and start
+    ``run`` in the node's nursery."""
 
     node_id: str
     cluster_view: Callable[[], ClusterView]
@@ -109,7 +122,14 @@ class EventFeed:
     buffer_max: int = BUFFER_MAX_DEFAULT
     subscribers_max: int = SUBSCRIBERS_MAX_DEFAULT
     snapshot_interval_s: float = SNAPSHOT_INTERVAL_S
+    wall_clock: Callable[[], float] = time.time  # stamps each snapshot's stats (at_s)
     _ring: deque[_RunEvent] = field(init=False)
+    _steals: deque[StealEvent] = field(init=False, default_factory=lambda: deque(maxlen=STEALS_MAX))
+    _stolen_total: int = field(init=False, default=0)  # runs moved by the steals seen
+    _stolen_seen: int = field(init=False, default=0)  # _stolen_total at the last tick
+    _history: deque[FeedStats] = field(
+        init=False, default_factory=lambda: deque(maxlen=HISTORY_MAX)
+    )
     _subscribers: list[trio.MemorySendChannel[FeedEvent]] = field(init=False, default_factory=list)
     _latest: ClusterSnapshot | None = field(init=False, default=None)
     _events_total: int = field(init=False, default=0)
@@ -138,6 +158,15 @@ class EventFeed:
             self._events_total += 1
             self._fan_out(event)
 
+    def on_command(self, cmd: Command, result: Result) -> None:
+        """The state machine observer: keeps each steal that moved runs. O(1)."""
+        match cmd, result:
+            case Steal(), Ok(ids=ids) if ids:
+                self._steals.append(
+                    StealEvent(format_ms(cmd.now_ms), cmd.from_node, cmd.to_node, len(ids))
+                )
+                self._stolen_total += len(ids)
+
     def _fan_out(self, event: FeedEvent) -> None:
         kept: list[trio.MemorySendChannel[FeedEvent]] = []
         for channel in self._subscribers:
@@ -160,6 +189,8 @@ class EventFeed:
         if len(self._subscribers) >= self.subscribers_max:
             raise Unavailable(f"the event feed has its maximum of {self.subscribers_max} streams")
         send, receive = trio.open_memory_channel[FeedEvent](self.buffer_max)
+        if self._history:
+            send.send_nowait(History(tuple(self._history)))
         if self._latest is not None:
             send.send_nowait(self._latest)
         if last_event_id is not None:
@@ -188,13 +219,17 @@ class EventFeed:
             self._fan_out(self._latest)
 
     def snapshot(self, window_s: float) -> ClusterSnapshot:
-        """The cluster, this node's load, queues and the stats since the last call."""
+        """The cluster, this node's load, queues, recent steals and the stats since the
+        last call (kept in the history)."""
+        stats = self._take_stats(window_s)
+        self._history.append(stats)
         return ClusterSnapshot(
             cluster=self.cluster_view(),
             load=self.load(),
             queues=self._queues(),
-            stats=self._take_stats(window_s),
+            stats=stats,
             applied_index=self._last_index,
+            steals=tuple(self._steals),
         )
 
     def _queues(self) -> tuple[QueueDepth, ...]:
@@ -222,8 +257,17 @@ class EventFeed:
             elif event.created and run.kind == "scheduled" and run.attempt == 1:
                 lateness.append(max(0.0, (run.queued_at - run.scheduled_at) / 1000))
         mean = math.fsum(lateness) / len(lateness) if lateness else 0.0
+        stolen, self._stolen_seen = self._stolen_total - self._stolen_seen, self._stolen_total
         return FeedStats(
-            window_s, finished, failed, len(lateness), max(lateness, default=0.0), mean, partial
+            window_s,
+            finished,
+            failed,
+            len(lateness),
+            max(lateness, default=0.0),
+            mean,
+            partial,
+            runs_stolen=stolen,
+            at_s=self.wall_clock(),
         )
 
     def statistics(self) -> FeedStatistics:

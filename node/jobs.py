@@ -41,16 +41,20 @@ from node.modeljson import (
     job_spec_from_patch,
     job_to_json,
     run_to_json,
+    schedule_from_json,
     task_spec_from_json,
 )
 from node.output import RunOutputs
 from node.queries import job_runs, list_jobs, list_runs, next_fire_times
+from node.schedule import format_ms, preview
 from node.scheduler import SchedulerStateMachine, now_ms
+from node.state import start_cursor
 from web.port import Conflict, Invalid, NotFound, OutputChunk, PortError, Unavailable
 
 READ_TIMEOUT_S = 5.0
 PROPOSE_TIMEOUT_S = 10.0
 NEXT_COUNT_MAX = 100
+NEXT_COUNT_DEFAULT = 5
 TASKS_PER_BATCH_MAX = 1000
 
 
@@ -176,9 +180,23 @@ class JobsService:
             raise NotFound(f"no job {job_id!r}")
         if not 1 <= count <= NEXT_COUNT_MAX:
             raise Invalid(f"must be in [1, {NEXT_COUNT_MAX}]", "count")
-        from node.schedule import format_ms
-
         return {"job_id": job_id, "next": [format_ms(t) for t in next_fire_times(job, count)]}
+
+    def preview_schedule(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /schedules:preview``: the first slots of a job created now with
+        ``body["schedule"]``, by the code that creates and fires jobs."""
+        unknown = sorted(set(body) - {"schedule", "count"})
+        if unknown:
+            raise Invalid("unknown field (allowed: count, schedule)", unknown[0])
+        if "schedule" not in body:
+            raise Invalid("is required", "schedule")
+        count = body.get("count", NEXT_COUNT_DEFAULT)
+        if type(count) is not int or not 1 <= count <= NEXT_COUNT_MAX:  # bool is no count
+            raise Invalid(f"must be an integer in [1, {NEXT_COUNT_MAX}]", "count")
+        now = now_ms()
+        schedule = _validated(lambda: schedule_from_json(body["schedule"], now))
+        slots = preview(schedule, start_cursor(schedule, now), count)
+        return {"next": [format_ms(t) for t in slots]}
 
     # ------------------------------------------------------------ tasks, runs
     async def submit_task(

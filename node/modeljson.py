@@ -149,7 +149,8 @@ def retry_from_json(value: object) -> RetryPolicy:
     return _built("retry", RetryPolicy, **_object(value, "retry", RETRY_FIELDS))
 
 
-def _schedule_from_json(value: object, now_ms: int) -> Schedule:
+def schedule_from_json(value: object, now_ms: int) -> Schedule:
+    """A job's ``schedule`` (``now_ms`` resolves ``after_s``); errors name the field."""
     try:
         return parse_schedule(value, now_ms)
     except ScheduleError as e:
@@ -167,7 +168,7 @@ def job_spec_from_json(obj: object, *, handlers: Collection[str], now_ms: int) -
     return _built(
         "",
         JobSpec,
-        schedule=_schedule_from_json(body["schedule"], now_ms),
+        schedule=schedule_from_json(body["schedule"], now_ms),
         executor=executor_from_json(body["executor"], handlers),
         retry=retry_from_json(body.get("retry", {})),
         misfire=_built("", MisfirePolicy, **{MISFIRE_FIELDS[k]: v for k, v in misfire.items()}),

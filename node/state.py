@@ -121,7 +121,7 @@ class Limits:
             assert getattr(self, f.name) >= 1, f.name
 
 
-def _start_cursor(schedule: Schedule, now_ms: int) -> int:
+def start_cursor(schedule: Schedule, now_ms: int) -> int:
     """The cursor of a schedule taking effect at ``now_ms``: its slots from now on
     (and a one-off instant already past, which the misfire policy then decides)."""
     if isinstance(schedule, AtSchedule):
@@ -212,7 +212,7 @@ class SchedulerState(StateTables):
             return bad
         job_id = job_id_for(self._index)
         assert job_id not in self._jobs, job_id
-        cursor = _start_cursor(spec.schedule, cmd.now_ms)
+        cursor = start_cursor(spec.schedule, cmd.now_ms)
         job = Job(job_id, spec, cmd.now_ms, cmd.now_ms, 1, cursor, None, None)
         self._put_job(self._moved(job, cursor))
         return Ok((job_id,))
@@ -245,7 +245,7 @@ class SchedulerState(StateTables):
             return Ok((job.id,))  # nothing to change: no new version
         cursor = job.last_slot_ms  # and never backwards: no slot can fire twice
         if spec.schedule != job.spec.schedule:
-            cursor = max(cursor, _start_cursor(spec.schedule, now_ms))
+            cursor = max(cursor, start_cursor(spec.schedule, now_ms))
         elif job.spec.paused and not spec.paused:
             cursor = max(cursor, now_ms - 1)  # resume: the paused slots were not wanted
         self._put_job(self._moved(job, cursor, spec=spec, updated_at=now_ms))

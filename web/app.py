@@ -459,6 +459,11 @@ async def next_fires(job_id: str) -> ResponseReturnValue:
     return await _scheduler().next_fires(job_id, int(text), _stale())
 
 
+async def preview_schedule() -> ResponseReturnValue:
+    """The next fire times of a schedule not yet saved (the job form's live preview)."""
+    return _scheduler().preview_schedule(await _read_json_body())
+
+
 async def list_job_runs(job_id: str) -> ResponseReturnValue:
     return await _scheduler().list_runs(_query(), job_id, _stale())
 
@@ -593,6 +598,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/v1/jobs/<job_id>/resume", ("POST",), Role.OPERATOR, resume_job),
     Route("/api/v1/jobs/<job_id>/next", ("GET",), Role.VIEWER, next_fires, _READ | {"count"}),
     Route("/api/v1/jobs/<job_id>/runs", ("GET",), Role.VIEWER, list_job_runs, _PAGE),
+    Route("/api/v1/schedules:preview", ("POST",), Role.VIEWER, preview_schedule),
     Route("/api/v1/tasks", ("POST",), Role.OPERATOR, submit_task),
     Route("/api/v1/tasks:batch", ("POST",), Role.OPERATOR, submit_tasks),
     Route("/api/v1/runs", ("GET",), Role.VIEWER, list_runs, _PAGE | {"state", "job_id", "node"}),

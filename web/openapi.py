@@ -166,6 +166,14 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
     ("GET", "/api/v1/jobs/<job_id>/next"): Operation(
         "Preview the job's next fire times", "jobs", {200: "NextFires"}
     ),
+    ("POST", "/api/v1/schedules:preview"): Operation(
+        "Preview the fire times of a schedule not yet saved",
+        "jobs",
+        {200: "SchedulePreview"},
+        body="PreviewRequest",
+        description="As a job created now with this schedule would fire. Nothing is "
+        "changed; an invalid schedule is a 422 naming the field (schedule.cron, ...).",
+    ),
     ("GET", "/api/v1/jobs/<job_id>/runs"): Operation(
         "The job's runs, newest first, a page at a time", "runs", {200: "RunPage"}
     ),

@@ -377,6 +377,14 @@ SCHEMAS: Final[dict[str, Schema]] = {
     "NextFires": _obj(
         {"job_id": JOB_ID, "next": {"type": "array", "items": INSTANT}}, {"job_id", "next"}
     ),
+    "PreviewRequest": _obj(
+        {
+            "schedule": ref("Schedule"),
+            "count": int_schema(1, int(B["PREVIEW_COUNT_MAX"]), default=5),
+        },
+        {"schedule"},
+    ),
+    "SchedulePreview": _obj({"next": {"type": "array", "items": INSTANT}}, {"next"}),
     "Task": _obj({k: _JOB_FIELDS[k] for k in _TASK_FIELDS}, {"executor"}),
     "TaskBatch": _obj(
         {

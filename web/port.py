@@ -232,6 +232,13 @@ class SchedulerPort(Protocol):
 
     async def next_fires(self, job_id: str, count: int, stale: bool) -> dict[str, Any]: ...
 
+    def preview_schedule(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``{"schedule": {...}, "count": N}`` -> ``{"next": [instants]}``: the slots a job
+        created now with that schedule would fire at. Pure and local (no read, nothing
+        proposed), so synchronous. ``Invalid(field)`` names the failing field
+        (``schedule.cron``, ``count``, ...)."""
+        ...
+
     async def submit_task(
         self, body: dict[str, Any], idempotency_key: str | None
     ) -> dict[str, Any]: ...
@@ -321,6 +328,21 @@ class FeedStats:
     fire_lateness_s_max: float  # committed Fire time minus slot, over those fires
     fire_lateness_s_mean: float
     partial: bool  # the ring overflowed within the window: counts are a lower bound
+    runs_stolen: int = 0  # runs moved between nodes by committed steals
+    at_s: float = 0.0  # wall-clock (Unix) seconds when the window ended
+
+
+@dataclass(frozen=True, slots=True)
+class StealEvent:
+    """One committed steal: ``runs`` queued runs moved ``from_node`` -> ``to_node``."""
+
+    at: str  # RFC 3339 UTC: the steal command's time
+    from_node: str
+    to_node: str
+    runs: int
+
+    def __post_init__(self) -> None:
+        assert self.runs >= 1 and self.from_node != self.to_node, self
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +354,15 @@ class ClusterSnapshot:
     queues: tuple[QueueDepth, ...]  # bounded by the feed (nodes x priorities)
     stats: FeedStats
     applied_index: int
+    steals: tuple[StealEvent, ...] = ()  # the most recent, oldest first (bounded by the feed)
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """The stats of the last snapshots, oldest first (bounded by the feed), sent once
+    at subscribe so that charts start filled (``event: history``)."""
+
+    points: tuple[FeedStats, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,7 +395,7 @@ class RunEvent(Protocol):
         ...
 
 
-FeedEvent = RunEvent | ClusterSnapshot | Reset
+FeedEvent = RunEvent | ClusterSnapshot | Reset | History
 
 
 class FeedReceiver(Protocol):
@@ -386,9 +417,9 @@ class EventsPort(Protocol):
     """The node's live feed for ``GET /api/v1/events``.
 
     Contract: ``subscribe`` never blocks and never awaits. The channel first holds
-    the latest snapshot, then the ring's events after ``last_event_id`` (or a
-    ``Reset`` when that id is older than the ring), then live events as batches
-    apply. A subscriber that falls ``buffer_max`` events behind is dropped: its
+    the ``History`` of recent stats (when there is any), then the latest snapshot,
+    then the ring's events after ``last_event_id`` (or a ``Reset`` when that id is
+    older than the ring), then live events as batches apply. A subscriber that falls ``buffer_max`` events behind is dropped: its
     channel ends (``trio.EndOfChannel``) and the stream tells the client to reset.
     Closing the receive channel unsubscribes. Raises ``Unavailable`` when the feed
     already has its maximum number of subscribers."""

@@ -3,7 +3,9 @@ the response body that relays an ``EventsPort`` subscription.
 
 Rules:
 - Events: ``event: cluster`` (a ``ClusterSnapshot``: the ``/api/v1/cluster`` JSON plus
-  ``node``, ``load``, ``queues``, ``stats``, ``applied_index``; no ``id``), ``event: run``
+  ``node``, ``load``, ``queues``, ``stats``, ``applied_index``, ``steals``: recent steals
+  as ``{at, from, to, runs}``; no ``id``), ``event: history`` (``{"points": [stats...]}``,
+  oldest first, once at the start of a stream), ``event: run``
   (the run JSON; the batch's last event carries ``id: <raft index>``),
   ``event: run_deleted`` (``{"id": ...}``) and ``event: reset`` (reload everything).
 - The body ends promptly when the server stops: every wait also watches the
@@ -27,7 +29,7 @@ from typing import Any
 import trio
 
 from web import problems
-from web.port import ClusterSnapshot, FeedEvent, FeedReceiver, Reset
+from web.port import ClusterSnapshot, FeedEvent, FeedReceiver, History, Reset
 from web.problems import ApiProblem
 
 RETRY_MS = 2000  # what EventSource waits before reconnecting
@@ -101,6 +103,9 @@ def snapshot_json(s: ClusterSnapshot) -> dict[str, Any]:
         "queues": [dataclasses.asdict(q) for q in s.queues],
         "stats": dataclasses.asdict(s.stats),
         "applied_index": s.applied_index,
+        "steals": [
+            {"at": e.at, "from": e.from_node, "to": e.to_node, "runs": e.runs} for e in s.steals
+        ],
     }
 
 
@@ -110,6 +115,9 @@ def format_event(event: FeedEvent) -> str:
         return _frame("cluster", json.dumps(snapshot_json(event), separators=(",", ":")))
     if isinstance(event, Reset):
         return _frame("reset", json.dumps({"reason": event.reason}))
+    if isinstance(event, History):
+        points = [dataclasses.asdict(p) for p in event.points]
+        return _frame("history", json.dumps({"points": points}, separators=(",", ":")))
     data = event.json()
     id_line = f"id: {event.index}\n" if event.last_in_batch else ""
     if data is None:

@@ -24,6 +24,7 @@ from web.port import (
     EventsPort,
     FeedEvent,
     FeedStats,
+    History,
     Invalid,
     MemberView,
     NodeLoad,
@@ -187,6 +188,16 @@ class FakeSchedulerPort:
     async def next_fires(self, job_id: str, count: int, stale: bool) -> dict[str, Any]:
         return self._record("next_fires", (job_id, count))
 
+    def preview_schedule(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Five instants for any body, except ``Invalid("schedule.cron")`` for a cron
+        expression of fewer than 5 fields (the twin does not parse schedules)."""
+        self.calls.append(("preview_schedule", body))
+        schedule = body.get("schedule")
+        cron = schedule.get("cron") if isinstance(schedule, dict) else None
+        if isinstance(cron, str) and len(cron.split()) < 5:
+            raise Invalid(f"needs 5 or 6 fields, got {len(cron.split())}", "schedule.cron")
+        return {"next": [f"2026-01-01T00:0{i}:00Z" for i in range(5)]}
+
     async def submit_task(
         self, body: dict[str, Any], idempotency_key: str | None
     ) -> dict[str, Any]:
@@ -240,14 +251,14 @@ class FakeRunEvent:
 
 def fake_snapshot(port: FakeNodePort, node: str = "n1") -> ClusterSnapshot:
     """A snapshot of ``port``'s cluster with an idle node and no activity."""
-    stats = FeedStats(1.0, 0, 0, 0, 0.0, 0.0, False)
+    stats = FeedStats(1.0, 0, 0, 0, 0.0, 0.0, False, at_s=1_800_000_000.0)
     load = NodeLoad(node, slots=4, running=0, free_slots=4, queue_depth=0)
     return ClusterSnapshot(port.cluster_view(), load, (), stats, port.commit_index)
 
 
 class FakeEventFeed:
     """An ``EventsPort`` whose events the test publishes. Same contract as the node's
-    feed: the latest snapshot first, then the kept events after ``last_event_id`` (a
+    feed: the ``history`` first (when not empty), the latest snapshot, then the kept events after ``last_event_id`` (a
     ``Reset`` when it is below ``evicted_through``), then what is published; a
     subscriber ``buffer_max`` behind is dropped (its channel closed)."""
 
@@ -255,6 +266,7 @@ class FakeEventFeed:
         self.buffer_max = buffer_max
         self.subscribers_max = subscribers_max
         self.latest: ClusterSnapshot | None = None
+        self.history: list[FeedStats] = []  # sent as one ``History`` at subscribe
         self.kept: list[FakeRunEvent] = []  # the twin's "ring": every published run event
         self.evicted_through = 0
         self.subscribed: list[int | None] = []  # last_event_id of each subscribe call
@@ -266,7 +278,8 @@ class FakeEventFeed:
             raise Unavailable("the fake feed is full")
         self.subscribed.append(last_event_id)
         send, receive = trio.open_memory_channel[FeedEvent](self.buffer_max)
-        first: list[FeedEvent] = [self.latest] if self.latest is not None else []
+        first: list[FeedEvent] = [History(tuple(self.history))] if self.history else []
+        first += [self.latest] if self.latest is not None else []
         if last_event_id is not None and last_event_id < self.evicted_through:
             first.append(Reset(f"event {last_event_id} is older than the ring"))
         elif last_event_id is not None:

@@ -8,12 +8,21 @@ import pytest
 import trio
 import trio.testing
 
-from node.events import EventFeed, node_load
+from node.commands import Ok, Rejected, Steal
+from node.events import HISTORY_MAX, STEALS_MAX, EventFeed, node_load
 from node.model import RetryPolicy, Run, ShellSpec, run_id_for
 from node.records import encode_run
 from node.state import SchedulerState
 from node.statetables import TABLE_JOBS, TABLE_RUNS, Change
-from web.port import ClusterSnapshot, ClusterView, FeedEvent, Reset, Unavailable
+from web.port import (
+    ClusterSnapshot,
+    ClusterView,
+    FeedEvent,
+    History,
+    Reset,
+    StealEvent,
+    Unavailable,
+)
 from web.testing import FakeNodePort
 
 T0 = 1_800_000_000_000
@@ -176,6 +185,7 @@ async def test_run_sends_a_snapshot_every_interval(autojump_clock: trio.testing.
     async with trio.open_nursery() as nursery:
         await nursery.start(f.run)
         rx = f.subscribe(None)
+        assert isinstance(rx.receive_nowait(), History)  # the first snapshot's stats
         assert isinstance(rx.receive_nowait(), ClusterSnapshot)  # the latest, at once
         started = trio.current_time()
         times = []
@@ -184,3 +194,35 @@ async def test_run_sends_a_snapshot_every_interval(autojump_clock: trio.testing.
             times.append(trio.current_time() - started)
         assert times == pytest.approx([1.0, 2.0, 3.0])
         nursery.cancel_scope.cancel()
+
+
+def test_steals_are_kept_from_committed_steal_commands_and_bounded() -> None:
+    f = feed()
+    ids = (run_id_for(11, 0), run_id_for(11, 1))
+    f.on_command(Steal(ids, "n1", "n2", T0), Ok(ids))
+    f.on_command(Steal(ids, "n1", "n3", T0), Ok(()))  # nothing was still queued: no steal
+    f.on_command(Steal(ids, "n2", "n3", T0), Rejected("invalid", "no"))
+    snap = f.snapshot(1.0)
+    assert snap.steals == (StealEvent("2027-01-15T08:00:00Z", "n1", "n2", 2),)
+    assert snap.stats.runs_stolen == 2
+    assert f.snapshot(1.0).stats.runs_stolen == 0  # counted in one window only
+    for i in range(STEALS_MAX + 5):
+        f.on_command(Steal(ids[:1], "n2", f"n{i + 3}", T0 + i), Ok(ids[:1]))
+    steals = f.snapshot(1.0).steals
+    assert len(steals) == STEALS_MAX and steals[-1].to_node == f"n{STEALS_MAX + 7}"
+    assert steals[0].to_node == "n8"  # the oldest five left the ring
+
+
+def test_a_subscriber_gets_the_bounded_history_of_stats_first() -> None:
+    clock = iter(range(1000, 2000))
+    f = feed(wall_clock=lambda: float(next(clock)))
+    assert drain(f.subscribe(None)) == []  # no snapshot yet: no history either
+    f.on_apply(11, [change(make_run(11, state="succeeded", finished_at=T0))])
+    for _ in range(HISTORY_MAX + 3):
+        f.snapshot(1.0)
+    events = drain(f.subscribe(None))
+    assert isinstance(events[0], History)
+    points = events[0].points
+    assert len(points) == HISTORY_MAX
+    assert [p.at_s for p in points] == [float(t) for t in range(1003, 1003 + HISTORY_MAX)]
+    assert all(p.runs_finished == 0 for p in points)  # the one finished run left the history

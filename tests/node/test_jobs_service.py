@@ -75,3 +75,26 @@ async def test_updates_are_compare_and_set_on_the_version(node: JobsNode) -> Non
     )
     assert replaced["schedule"]["every_s"] == 30
     assert replaced["priority"] == 5  # PUT replaces: back to the default
+
+
+async def test_a_preview_is_what_the_job_would_fire_and_proposes_nothing(node: JobsNode) -> None:
+    schedule = {"cron": "0 9 * * 1-5", "tz": "Europe/Paris"}
+    preview = node.jobs.preview_schedule({"schedule": schedule, "count": 7})
+    assert node.index == 0  # nothing was proposed
+    job = await node.jobs.create_job({"name": "p", "schedule": schedule, "executor": SHELL})
+    assert preview["next"] == (await node.jobs.next_fires(job["id"], 7, stale=True))["next"]
+    assert len(node.jobs.preview_schedule({"schedule": {"every_s": 60}})["next"]) == 5
+    bad = [
+        ({"schedule": {"cron": "61 * * * *"}}, "schedule.cron"),
+        ({"schedule": {"cron": "* * * * *", "tz": "Mars/Olympus"}}, "schedule.tz"),
+        ({"schedule": {"every_s": 0}}, "schedule.every_s"),
+        ({"schedule": "daily"}, "schedule"),
+        ({}, "schedule"),
+        ({"schedule": {"every_s": 60}, "count": 101}, "count"),
+        ({"schedule": {"every_s": 60}, "count": True}, "count"),
+        ({"schedule": {"every_s": 60}, "colour": "red"}, "colour"),
+    ]
+    for body, field in bad:
+        with pytest.raises(Invalid) as info:
+            node.jobs.preview_schedule(body)
+        assert info.value.field == field, body

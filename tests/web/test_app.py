@@ -287,3 +287,20 @@ def _get_status(url: str) -> int:
 
     with urllib.request.urlopen(url, timeout=5) as response:
         return int(response.status)
+
+
+async def test_schedule_preview_answers_viewers_and_names_the_failing_field() -> None:
+    h = Harness()
+    body = {"schedule": {"cron": "*/5 * * * *"}, "count": 5}
+    status, _, answer = await h.call(
+        "POST", "/api/v1/schedules:preview", role=Role.VIEWER, json=body
+    )
+    assert status == 200 and len(answer["next"]) == 5
+    bad = {"schedule": {"cron": "* *"}}
+    status, headers, problem = await h.call("POST", "/api/v1/schedules:preview", json=bad)
+    assert_problem(status, headers, problem, 422, "invalid-field")
+    assert problem["field"] == "schedule.cron"
+    assert h.scheduler.calls == [("preview_schedule", body), ("preview_schedule", bad)]
+    status, headers, problem = await h.call("POST", "/api/v1/schedules:preview", json=[1])
+    assert_problem(status, headers, problem, 400, "bad-request")
+    assert len(h.scheduler.calls) == 2  # refused before the port

@@ -84,12 +84,17 @@ def test_watch_create_run_and_fail_over(cluster: LocalCluster) -> None:
         expect(page.get_by_test_id("stream")).to_have_text("live")
         shot(page, "1-cluster")
 
-        # A bad cron expression is refused with the API's field message.
+        # A bad cron expression is refused with the API's field message: while typing
+        # (the live preview), and again on save.
         page.goto(follower.api + "/#/jobs")
         page.get_by_test_id("new-job").click()
         form = page.get_by_test_id("job-form")
+        preview = page.get_by_test_id("schedule-preview")
+        expect(preview.locator("li")).to_have_count(5)  # the default schedule's
         form.locator("input[name=name]").fill("browser-hello")
         form.locator("input[name=cron]").fill("not a cron")
+        expect(page.get_by_test_id("schedule-error")).to_contain_text("schedule.cron")
+        expect(preview).to_be_hidden()
         form.locator("input[name=command]").fill("echo hello-from-the-browser")
         page.get_by_test_id("save-job").click()
         expect(page.get_by_test_id("schedule-error")).to_contain_text("schedule.cron")
@@ -97,6 +102,8 @@ def test_watch_create_run_and_fail_over(cluster: LocalCluster) -> None:
 
         # Every 2 s (6 fields: seconds first): saved, previewed, listed.
         form.locator("input[name=cron]").fill("*/2 * * * * *")
+        expect(preview.locator("li")).to_have_count(5)  # previewed before it is saved
+        expect(page.get_by_test_id("schedule-error")).to_be_hidden()
         page.get_by_test_id("save-job").click()
         expect(page.get_by_test_id("flash")).to_contain_text("saved browser-hello")
         expect(form.locator("li").first).to_be_visible()

@@ -194,6 +194,9 @@ async def test_real_responses_match_the_schemas(tmp_path: Path) -> None:
         await call("GET", "/api/v1/runs/<run_id>", "/api/v1/runs/r000000000000000999")  # 404
         await call("DELETE", "/api/v1/jobs/<job_id>", f"/api/v1/jobs/{jid}")
         await call("POST", "/api/v1/jobs", json={"name": "x", "schedule": {"cron": "61 * * * *"}})
+        preview = {"schedule": {"cron": "*/5 * * * *", "tz": "Asia/Tokyo"}, "count": 3}
+        await call("POST", "/api/v1/schedules:preview", json=preview)
+        await call("POST", "/api/v1/schedules:preview", json={"schedule": {"cron": "* *"}})  # 422
         await _cluster_calls(call)
     assert {s for _, _, s in checker.seen} >= {200, 201, 204, 404, 409, 422}
     assert len({(m, r) for m, r, _ in checker.seen}) >= 28

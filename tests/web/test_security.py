@@ -46,6 +46,13 @@ PROTECTED: list[tuple[str, str, str, dict[str, object] | None, Role]] = [
     ("POST", "/api/v1/jobs/<job_id>/resume", "/api/v1/jobs/j1/resume", None, Role.OPERATOR),
     ("GET", "/api/v1/jobs/<job_id>/next", "/api/v1/jobs/j1/next", None, Role.VIEWER),
     ("GET", "/api/v1/jobs/<job_id>/runs", "/api/v1/jobs/j1/runs", None, Role.VIEWER),
+    (
+        "POST",
+        "/api/v1/schedules:preview",
+        "/api/v1/schedules:preview",
+        {"schedule": {"cron": "* * * * *"}},
+        Role.VIEWER,
+    ),
     ("POST", "/api/v1/tasks", "/api/v1/tasks", {"executor": {}}, Role.OPERATOR),
     ("POST", "/api/v1/tasks:batch", "/api/v1/tasks:batch", {"tasks": []}, Role.OPERATOR),
     ("GET", "/api/v1/runs", "/api/v1/runs", None, Role.VIEWER),

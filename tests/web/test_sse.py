@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +13,7 @@ import trio
 import trio.testing
 
 from tests.web.apphelpers import Harness, assert_problem, live_server
-from web.port import Reset
+from web.port import Reset, StealEvent
 from web.problems import PROBLEM_CONTENT_TYPE
 from web.security import ApiLimits, Role
 from web.sse import SLOW_RESET_REASON, StreamLimiter, parse_event_id
@@ -100,6 +101,22 @@ async def test_stream_starts_with_the_snapshot_then_relays_run_events() -> None:
     run, deleted = events[2], events[3]
     assert run["event"] == "run" and "id" not in run and json.loads(run["data"]) == RUN
     assert deleted == {"id": "50", "event": "run_deleted", "data": '{"id": "r2"}'}
+
+
+async def test_history_comes_first_and_snapshots_carry_steals() -> None:
+    h = harness()
+    stats = fake_snapshot(h.port).stats
+    h.events.history = [dataclasses.replace(stats, at_s=float(t), runs_finished=t) for t in (1, 2)]
+    steal = StealEvent("2027-01-15T08:00:00Z", "n1", "n2", 3)
+    h.events.publish(dataclasses.replace(fake_snapshot(h.port), steals=(steal,)))
+    async with open_stream(h) as s:
+        events = await s.read_until("event: cluster")
+    assert [e.get("event") for e in events[1:]] == ["history", "cluster"]
+    points = json.loads(events[1]["data"])["points"]
+    assert [(p["at_s"], p["runs_finished"]) for p in points] == [(1.0, 1), (2.0, 2)]
+    assert json.loads(events[2]["data"])["steals"] == [
+        {"at": "2027-01-15T08:00:00Z", "from": "n1", "to": "n2", "runs": 3}
+    ]
 
 
 async def test_token_may_come_in_the_query_on_this_route_only() -> None:

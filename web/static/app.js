@@ -10,10 +10,15 @@
 //   as ?access_token= (accepted on that route only). The stream is closed while the
 //   tab is hidden and reopened, resuming after the last event id, when it is shown.
 // - Everything kept is bounded: chart points (CHART_POINTS), pages (PAGE_SIZE).
+// - Charts start from the stream's `history` event (the node's last snapshots' stats)
+//   and go on with each snapshot; x is the server's `stats.at_s`, so the two join up.
+// - The job form previews the typed schedule PREVIEW_DELAY_MS after the last keystroke
+//   (POST /api/v1/schedules:preview); only the newest answer is shown.
 "use strict";
 
 const TOKEN_KEY = "rota.token";
-const CHART_POINTS = 120;
+const CHART_POINTS = 300;
+const PREVIEW_DELAY_MS = 400;
 const PAGE_SIZE = 50;
 const RUN_STATES = ["queued", "running", "succeeded", "failed", "timed_out", "cancelled", "skipped"];
 const OUTPUT_CHARS_MAX = 200000;
@@ -43,7 +48,7 @@ function dashboard() {
     runs: [], runsCursor: null, runPages: [null], runFilter: { state: "", job_id: "", node: "" },
     runStates: RUN_STATES,
     run: {}, output: "", outputSource: "", outputAbort: null,
-    editing: false, form: { preview: [] }, errors: {},
+    editing: false, form: { preview: [] }, errors: {}, previewTimer: null, previewSeq: 0,
     op: { target: "", newId: "", newAddress: "", removeId: "", result: "" },
     charts: null, series: [[], [], [], []],
 
@@ -150,6 +155,7 @@ function dashboard() {
       const source = new EventSource(url);
       source.addEventListener("open", () => { this.streamLive = true; });
       source.addEventListener("error", () => { this.streamLive = source.readyState === EventSource.OPEN; });
+      source.addEventListener("history", (e) => this.onHistory(JSON.parse(e.data)));
       source.addEventListener("cluster", (e) => this.onSnapshot(JSON.parse(e.data)));
       source.addEventListener("run", (e) => this.onRun(JSON.parse(e.data), e.lastEventId));
       source.addEventListener("run_deleted", (e) => this.onRunDeleted(JSON.parse(e.data), e.lastEventId));
@@ -173,16 +179,26 @@ function dashboard() {
     rememberId(id) {
       if (id) this.lastEventId = Number(id);
     },
+    onHistory(history) {
+      this.series = [[], [], [], []];
+      for (const s of history.points) this.addPoint(s);
+      this.drawCharts();
+    },
     onSnapshot(snap) {
       this.cluster = snap;
       this.streamLive = true;
-      const s = snap.stats;
-      this.series[0].push(Date.now() / 1000);
+      this.addPoint(snap.stats);
+      this.drawCharts();
+    },
+    addPoint(s) {
+      const x = s.at_s || Date.now() / 1000;
+      const xs = this.series[0];
+      if (xs.length > 0 && x <= xs[xs.length - 1]) return; // already drawn (from the history)
+      xs.push(x);
       this.series[1].push(s.runs_finished / s.window_s);
       this.series[2].push(s.fire_lateness_s_max);
       this.series[3].push(s.fire_lateness_s_mean);
       for (const column of this.series) if (column.length > CHART_POINTS) column.shift();
-      this.drawCharts();
     },
     onRun(run, id) {
       this.rememberId(id);
@@ -222,6 +238,18 @@ function dashboard() {
       return (this.cluster.queues || []).map((q) => ({
         key: (q.node || "-") + "/" + q.priority, node: q.node || "(unplaced)", priority: q.priority, depth: q.depth,
       }));
+    },
+    stealRows() {
+      return (this.cluster.steals || []).slice().reverse().map((e, i) => Object.assign({ key: i + "/" + e.at }, e));
+    },
+    stealCounts() {
+      const counts = {};
+      const add = (node, side, runs) => {
+        counts[node] = counts[node] || { node: node, runsIn: 0, runsOut: 0 };
+        counts[node][side] += runs;
+      };
+      for (const e of this.cluster.steals || []) { add(e.from, "runsOut", e.runs); add(e.to, "runsIn", e.runs); }
+      return Object.values(counts).sort((a, b) => (a.node < b.node ? -1 : 1));
     },
     ensureCharts() {
       if (this.charts || typeof uPlot === "undefined") return;
@@ -298,6 +326,7 @@ function dashboard() {
       this.errors = {};
       this.form = { id: null, name: "", namespace: "default", cron: "*/1 * * * *", tz: "UTC", command: "", priority: 5, preview: [], version: null };
       this.editing = true;
+      this.previewSchedule();
     },
     async editJob(job) {
       this.errors = {};
@@ -311,6 +340,26 @@ function dashboard() {
       if (next) this.form.preview = next.next;
     },
     closeEditor() { this.editing = false; },
+    previewSoon() {
+      clearTimeout(this.previewTimer);
+      this.previewTimer = setTimeout(() => this.previewSchedule(), PREVIEW_DELAY_MS);
+    },
+    async previewSchedule() {
+      const seq = ++this.previewSeq;
+      const body = { schedule: { cron: this.form.cron, tz: this.form.tz || "UTC" }, count: 5 };
+      let preview = [];
+      let error = null;
+      try {
+        preview = (await this.api("POST", "/api/v1/schedules:preview", body)).next;
+      } catch (e) {
+        const field = (e.problem && e.problem.field) || "schedule";
+        error = { [field]: e.message.startsWith(field) ? e.message : field + ": " + e.message };
+      }
+      if (seq !== this.previewSeq) return; // a newer keystroke has its own answer coming
+      const others = Object.entries(this.errors).filter(([field]) => !field.startsWith("schedule"));
+      this.errors = Object.assign(Object.fromEntries(others), error || {});
+      this.form.preview = preview;
+    },
     fieldError(prefix) {
       for (const [field, message] of Object.entries(this.errors)) {
         if (prefix === "" ? !["name", "schedule", "executor", "priority"].some((p) => field.startsWith(p)) : field.startsWith(prefix)) return message;
