@@ -41,13 +41,13 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from web import dashboard, docs, openapi, problems, sse
+from web.output import output_response
 from web.port import (
     NODE_ID_DESCRIPTION,
     ClusterView,
     EventsPort,
     HttpMetrics,
     NodePort,
-    PortError,
     SchedulerPort,
     format_host_port,
     is_node_id,
@@ -490,50 +490,9 @@ async def cancel_run(run_id: str) -> ResponseReturnValue:
     return await _scheduler().cancel_run(run_id)
 
 
-OUTPUT_CHUNK_BYTES = 64 << 10
-OUTPUT_POLL_S = 0.5
-OUTPUT_STREAM_S_MAX = 3600.0  # a follower reconnects at its offset after this
-
-
 async def run_output(run_id: str) -> ResponseReturnValue:
-    """The run's output as ``text/plain``, from ``offset`` (default 0); with ``follow``
-    (default ``true``) the response streams until the run has ended. Headers say where
-    it starts (``Rota-Output-Offset``, past a dropped head) and which node holds it."""
-    offset_text = request.args.get("offset", "0")
-    if not offset_text.isdigit() or len(offset_text) > 15:
-        raise invalid_field("offset", f"must be a byte offset (0 or more), got {offset_text!r:.40}")
-    follow = request.args.get("follow", "true")
-    if follow not in ("true", "false"):
-        raise invalid_field("follow", "must be 'true' or 'false'")
-    scheduler = _scheduler()
-    first = await scheduler.read_output(run_id, int(offset_text), OUTPUT_CHUNK_BYTES)
-    headers = {
-        "Rota-Output-Offset": str(first.offset),
-        "Rota-Output-Node": first.node or "",
-        "Cache-Control": "no-store",
-        "X-Content-Type-Options": "nosniff",
-    }
-
-    async def stream() -> Any:
-        chunk = first
-        deadline = trio.current_time() + OUTPUT_STREAM_S_MAX
-        while True:
-            if chunk.data:
-                yield chunk.data
-            if chunk.done or (follow == "false" and not chunk.data):
-                return
-            if not chunk.data:
-                if trio.current_time() >= deadline:
-                    return
-                await trio.sleep(OUTPUT_POLL_S)
-            try:
-                chunk = await scheduler.read_output(run_id, chunk.next_offset, OUTPUT_CHUNK_BYTES)
-            except PortError:
-                return  # the holder went away mid-stream: the client resumes at its offset
-
-    response = Response(stream(), content_type="text/plain; charset=utf-8", headers=headers)
-    response.timeout = None  # streams while the run runs (Quart's default cuts at 60 s)
-    return response
+    """The run's output, streamed while the run runs (``web/output.py``)."""
+    return await output_response(_scheduler(), run_id, request.args, _state().stopping)
 
 
 async def openapi_json() -> ResponseReturnValue:

@@ -63,3 +63,20 @@ async def test_follow_streams_until_the_run_has_ended() -> None:
     assert b"".join(received) == b"one\ntwo\n"
     offsets = [arg[1] for name, arg in h.scheduler.calls if name == "read_output"]  # type: ignore[index]
     assert offsets[0] == 0 and 4 in offsets and offsets[-1] == 8
+
+
+async def test_a_followed_stream_ends_when_the_server_stops() -> None:
+    h = Harness()
+    h.scheduler.outputs[RUN] = (b"still running\n", False)  # it never ends by itself
+    path = f"/api/v1/runs/{RUN}/output"
+    async with (
+        live_server(h.app) as base,
+        httpx.AsyncClient(base_url=base) as client,
+        client.stream("GET", path, headers=h.auth(Role.VIEWER)) as response,
+    ):
+        chunks = response.aiter_raw()
+        assert await chunks.__anext__() == b"still running\n"
+        h.app.extensions["rota"].stopping.set()  # what serve() sets on shutdown
+        with trio.fail_after(10):
+            rest = [chunk async for chunk in chunks]
+    assert rest == []
