@@ -102,15 +102,20 @@ def test_the_control_exists_only_with_the_flag_and_for_admins(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_a_planted_fencing_bug_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--nodes", "3", "--duration", "25", "--seed", "1", "--faults", "loss"]
     # Runs that sleep fill the leader's slots, so followers run (and forward Starts that
     # the lossy links lose): each lost Start is a double start under the planted bug.
+    # Whether a Start is lost is up to the links, so up to three seeds are tried.
     extra = ["--task-clients", "4", "--run-sleep-s", "2", "--plant", "start_unfenced"]
-    code = chaos.main([*argv, *extra])
-    out = capsys.readouterr().out
-    assert code == 1, out
-    assert "started 2 times" in out, out
-    assert out.strip().splitlines()[-1].startswith("chaos: seed=1 nodes=3"), out
+    outs = []
+    for seed in ("1", "2", "3"):
+        argv = ["--nodes", "3", "--duration", "25", "--seed", seed, "--faults", "loss"]
+        code = chaos.main([*argv, *extra])
+        out = capsys.readouterr().out
+        outs.append(out)
+        assert out.strip().splitlines()[-1].startswith(f"chaos: seed={seed} nodes=3"), out
+        if code == 1 and "started 2 times" in out:
+            return
+    raise AssertionError("the planted bug was not reported in 3 seeds:\n" + "\n".join(outs))
 
 
 def test_a_death_by_injected_full_disk_is_told_from_the_log(tmp_path: Path) -> None:
