@@ -25,7 +25,7 @@ from consensus.raft import Config as RaftConfig
 from consensus.swim import MemberState, Swim, SwimConfig
 from consensus.swim_types import NodeMeta
 from consensus.types import ConfState, Message, NodeId, Role
-from node import auth, faults
+from node import auth, faults, gcpolicy
 from node.autopilot import PeerHealth, decide
 from node.config import NodeConfig
 from node.driver import RaftDriver
@@ -345,6 +345,7 @@ async def run_agent(
 ) -> None:
     """Run one node until SIGTERM/SIGINT (or cancellation)."""
     agent = build_agent(cfg)
+    gcpolicy.install()  # after the state is loaded: it is frozen with the code
     pid_file = write_pid_file(cfg.data_dir)
     try:
         verifier = auth.TokenVerifier.from_directory(cfg.jwt_public_keys_path)

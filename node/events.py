@@ -4,9 +4,11 @@ cluster snapshot about once a second, fanned out to every open stream.
 Rules:
 - ``on_apply`` is a ``SchedulerStateMachine`` listener: it runs in the Raft driver's
   loop task after every applied batch, so it is O(changes), never awaits and never
-  blocks. It only wraps each changed run record (still msgpack) in a ``_RunEvent``;
-  decoding and JSON rendering happen later, on first use, in a stream's task or the
-  snapshot tick, and are cached so N streams pay for one rendering.
+  blocks. It wraps each changed run in a ``_RunEvent`` holding the state's record
+  itself (records are immutable, and the listener runs right after the changes were
+  drained, so the state holds exactly what was written: nothing is decoded). JSON
+  rendering happens later, on first use, in a stream's task, and is cached so N
+  streams pay for one rendering.
 - Everything is bounded: the ring holds ``ring_max`` recent run events (resume with
   ``Last-Event-ID``), each subscriber's channel ``buffer_max`` events, and the feed
   ``subscribers_max`` subscribers. Nothing ever waits for a subscriber: one that is
@@ -40,7 +42,6 @@ import trio
 from node.commands import Command, Ok, Result, Steal
 from node.model import Run
 from node.modeljson import run_to_json
-from node.queries import queue_depths
 from node.records import decode_run
 from node.schedule import format_ms
 from node.statetables import TABLE_RUNS, Change, StateTables
@@ -69,24 +70,21 @@ FAILED_STATES = frozenset({"failed", "timed_out"})
 
 
 class _RunEvent:
-    """One changed run record; decoded and rendered once, on first use."""
+    """One changed run record (None: deleted); rendered once, on first use."""
 
-    __slots__ = ("_json", "_raw", "_run", "created", "index", "last_in_batch", "run_id")
+    __slots__ = ("_json", "_run", "created", "index", "last_in_batch", "run_id")
 
     def __init__(
-        self, index: int, run_id: str, raw: bytes | None, last_in_batch: bool, created: bool
+        self, index: int, run_id: str, run: Run | None, last_in_batch: bool, created: bool
     ) -> None:
         self.index = index
         self.run_id = run_id
         self.last_in_batch = last_in_batch
         self.created = created  # the run was created by this batch
-        self._raw = raw
-        self._run: Run | None = None
+        self._run = run
         self._json: str | None = None
 
     def run(self) -> Run | None:
-        if self._run is None and self._raw is not None:
-            self._run = decode_run(self._raw)
         return self._run
 
     def json(self) -> str | None:
@@ -148,12 +146,15 @@ class EventFeed:
         """The state machine listener: O(changes), never blocks, never raises."""
         runs = [(key, value) for table, key, value in changes if table == TABLE_RUNS]
         previous, self._last_index = self._last_index, max(self._last_index, index)
+        state = self.state()
         for i, (key, value) in enumerate(runs):
             if len(self._ring) == self.ring_max:
                 self.evicted_through = max(self.evicted_through, self._ring[0].index)
             run_id = key.decode()
             created = previous < _creation_index(run_id) <= index
-            event = _RunEvent(index, run_id, value, i == len(runs) - 1, created)
+            event = _RunEvent(
+                index, run_id, _record(state, run_id, value), i == len(runs) - 1, created
+            )
             self._ring.append(event)
             self._events_total += 1
             self._fan_out(event)
@@ -233,7 +234,7 @@ class EventFeed:
         )
 
     def _queues(self) -> tuple[QueueDepth, ...]:
-        depths = queue_depths(self.state())
+        depths = self.state().queue_depths()
         nodes = sorted(depths, key=lambda n: (n is not None, n or ""))[:QUEUE_NODES_MAX]
         return tuple(
             QueueDepth(node, priority, depth)
@@ -278,6 +279,16 @@ class EventFeed:
             self._dropped_slow_total,
             self._events_total,
         )
+
+
+def _record(state: StateTables, run_id: str, value: bytes | None) -> Run | None:
+    """The run a change wrote: the state's own record (see the module header); the
+    bytes are decoded only when the state does not hold that run (changes fed by
+    hand, as tests do)."""
+    if value is None:
+        return None
+    run = state.run(run_id)
+    return run if run is not None else decode_run(value)
 
 
 def _creation_index(run_id: str) -> int:

@@ -35,6 +35,8 @@ from node.commands import (
     encode_command,
 )
 from node.driver import Committed, NotCommitted, Outcome
+from node.memo import Memo
+from node.model import TaskSpec
 from node.modeljson import (
     idempotency_key_from_header,
     job_spec_from_json,
@@ -72,6 +74,10 @@ class JobsService:
         self._read_barrier = read_barrier
         self.handlers = frozenset(handlers)
         self._outputs = outputs
+        # Task bodies already validated, by their JSON value (``node.memo``): a batch
+        # usually repeats a few task shapes; ``handlers`` is fixed, so it is the same
+        # answer every time.
+        self._task_specs: Memo[TaskSpec] = Memo()
 
     # ---------------------------------------------------------------- helpers
     async def _read(self, stale: bool) -> None:
@@ -199,10 +205,13 @@ class JobsService:
         return {"next": [format_ms(t) for t in slots]}
 
     # ------------------------------------------------------------ tasks, runs
+    def _task_spec(self, body: object) -> TaskSpec:
+        return self._task_specs.get(body, lambda b: task_spec_from_json(b, handlers=self.handlers))
+
     async def submit_task(
         self, body: dict[str, Any], idempotency_key: str | None
     ) -> dict[str, Any]:
-        spec = _validated(lambda: task_spec_from_json(body, handlers=self.handlers))
+        spec = _validated(lambda: self._task_spec(body))
         key = _validated(lambda: idempotency_key_from_header(idempotency_key))
         ok = await self._write(SubmitTasks((spec,), (key,), now_ms()))
         return self._run(ok.ids[0])
@@ -217,7 +226,7 @@ class JobsService:
         specs = []
         for i, item in enumerate(tasks):
             try:
-                specs.append(task_spec_from_json(item, handlers=self.handlers))
+                specs.append(self._task_spec(item))
             except ValidationError as e:
                 raise Invalid(
                     e.message, f"tasks[{i}].{e.field}" if e.field else f"tasks[{i}]"

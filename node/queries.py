@@ -172,14 +172,7 @@ def next_fire_times(job: Job, count: int) -> list[int]:
 
 def queue_depths(state: StateTables) -> dict[str | None, dict[int, int]]:
     """Queued runs per node (None: not yet placed) and priority."""
-    depths: dict[str | None, dict[int, int]] = {}
-    nodes: list[str | None] = [None, *state.busy_nodes()]
-    for node in nodes:
-        runs = state.unassigned() if node is None else state.queued_on(node)
-        for run in runs:
-            by_priority = depths.setdefault(node, {})
-            by_priority[run.priority] = by_priority.get(run.priority, 0) + 1
-    return depths
+    return state.queue_depths()
 
 
 def running_counts(state: StateTables) -> dict[str, int]:

@@ -20,6 +20,7 @@ from typing import Final, TypeVar, cast
 
 import msgpack
 
+from node.memo import Memo
 from node.model import (
     RUN_KINDS,
     RUN_STATES,
@@ -119,23 +120,14 @@ def as_str_tuple(value: object, what: str) -> tuple[str, ...]:
     return tuple(_interned(as_str(v, what)) for v in value)
 
 
-_SHARED: dict[str, object] = {}
-SHARED_VALUES_MAX: Final = 4096
-
-
-def shared(value: T) -> T:
-    """One instance of each identical immutable part (a policy, a schedule): many
-    jobs have the same ones, and a record needs no copy of its own. Keyed by
-    ``repr``, not equality, so ``-0.0`` and ``0.0`` stay apart and every replica
-    re-encodes exactly what it decoded. At most ``SHARED_VALUES_MAX`` are kept; past
-    that, values are simply not shared."""
-    key = repr(value)
-    found = _SHARED.get(key)
-    if found is not None and type(found) is type(value):
-        return found
-    if len(_SHARED) < SHARED_VALUES_MAX:
-        _SHARED[key] = value
-    return value
+# Decoded parts by their raw form (``node.memo``): records and commands repeat the
+# same schedules, executors, policies and task specs; each is validated and built once
+# and then shared by every record that has it.
+_SCHEDULES: Memo[Schedule] = Memo()
+_EXECUTORS: Memo[ExecutorSpec] = Memo()
+_RETRIES: Memo[RetryPolicy] = Memo()
+_MISFIRES: Memo[MisfirePolicy] = Memo()
+_TASK_SPECS: Memo[TaskSpec] = Memo()
 
 
 def _interned(text: str) -> str:
@@ -170,7 +162,7 @@ def schedule_out(s: Schedule) -> list[object]:
 
 
 def schedule_in(value: object) -> Schedule:
-    return shared(_schedule_in(value))
+    return _SCHEDULES.get(value, _schedule_in)
 
 
 def _schedule_in(value: object) -> Schedule:
@@ -201,6 +193,10 @@ def executor_out(e: ExecutorSpec) -> list[object]:
 
 
 def executor_in(value: object) -> ExecutorSpec:
+    return _EXECUTORS.get(value, _executor_in)
+
+
+def _executor_in(value: object) -> ExecutorSpec:
     if not isinstance(value, list) or not value:
         raise DecodeError(f"executor: expected an array, got {value!r:.40}")
     kind = value[0]
@@ -223,7 +219,7 @@ def retry_out(r: RetryPolicy) -> list[object]:
 
 
 def retry_in(value: object) -> RetryPolicy:
-    return shared(built("retry", RetryPolicy, *array(value, 5, "retry")))
+    return _RETRIES.get(value, lambda v: built("retry", RetryPolicy, *array(v, 5, "retry")))
 
 
 def misfire_out(m: MisfirePolicy) -> list[object]:
@@ -231,7 +227,7 @@ def misfire_out(m: MisfirePolicy) -> list[object]:
 
 
 def misfire_in(value: object) -> MisfirePolicy:
-    return shared(built("misfire", MisfirePolicy, *array(value, 3, "misfire")))
+    return _MISFIRES.get(value, lambda v: built("misfire", MisfirePolicy, *array(v, 3, "misfire")))
 
 
 # ---------------------------------------------------------------- specs
@@ -287,6 +283,10 @@ def task_spec_out(s: TaskSpec) -> list[object]:
 
 
 def task_spec_in(value: object) -> TaskSpec:
+    return _TASK_SPECS.get(value, _task_spec_in)
+
+
+def _task_spec_in(value: object) -> TaskSpec:
     v = array(value, 5, "task spec")
     executor, retry, tags = executor_in(v[0]), retry_in(v[3]), as_map(v[4], "tags")
     return built("task spec", TaskSpec, executor, v[1], v[2], retry, tags)

@@ -166,6 +166,7 @@ def schedule_to_json(s: Schedule) -> dict[str, object]:
             return {"at": format_ms(s.at_ms)}
 
 
+@functools.lru_cache(maxsize=1024)  # a batch's runs share their instants
 def format_ms(ms: int) -> str:
     """RFC 3339 in UTC with millisecond precision when needed."""
     dt = datetime.fromtimestamp(ms / 1000, tz=UTC)

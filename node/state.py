@@ -307,15 +307,16 @@ class SchedulerState(StateTables):
         new_spec = spec or job.spec
         slot = None if new_spec.paused else next_slot_ms(new_spec.schedule, cursor)
         due = None if slot is None else slot + jitter_ms(new_spec.schedule, job.id, slot)
-        return dataclasses.replace(
-            job,
-            spec=new_spec,
-            last_slot_ms=cursor,
-            next_slot_ms=slot,
-            next_fire_at=due,
-            skipped_slots=job.skipped_slots + skipped_slots,
-            updated_at=job.updated_at if updated_at is None else updated_at,
-            version=job.version if spec is None else job.version + 1,
+        return Job(  # not dataclasses.replace: this runs for every fire
+            job.id,
+            new_spec,
+            job.created_at,
+            job.updated_at if updated_at is None else updated_at,
+            job.version if spec is None else job.version + 1,
+            cursor,
+            slot,
+            due,
+            job.skipped_slots + skipped_slots,
         )
 
     # ------------------------------------------------------------ firing
@@ -425,8 +426,8 @@ class SchedulerState(StateTables):
                 ids.append(self._keys[key])
                 ignored += 1
                 continue
-            run = self._new_run(self._new_run_id(), None, "task", cmd.now_ms, task, cmd.now_ms)
-            self._put_run(dataclasses.replace(run, submit_key=key))
+            run = self._new_run(self._new_run_id(), None, "task", cmd.now_ms, task, cmd.now_ms, key)
+            self._put_run(run)
             ids.append(run.id)
         self._expire_keys(cmd.now_ms)
         return Ok(tuple(ids), ignored)
@@ -568,6 +569,7 @@ class SchedulerState(StateTables):
         slot_ms: int,
         spec: JobSpec | TaskSpec,
         now_ms: int,
+        submit_key: str | None = None,
     ) -> Run:
         return Run(
             id=run_id,
@@ -585,6 +587,7 @@ class SchedulerState(StateTables):
             executor=spec.executor,
             retry=spec.retry,
             tags=spec.tags,
+            submit_key=submit_key,
         )
 
     # ------------------------------------------------------------ retention

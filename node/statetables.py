@@ -71,6 +71,9 @@ class StateTables:
         self._active: dict[str, SortedList[str]] = {}  # job id → its queued/running run ids
         self._unassigned: SortedList[QueueKey] = SortedList()
         self._queued_on: dict[str, SortedList[QueueKey]] = {}
+        # Queued runs per node (None: unplaced) and priority: what the metrics and the
+        # dashboard show every second, kept as counts so neither walks the queues.
+        self._depths: dict[str | None, dict[int, int]] = {}
         self._running_on: dict[str, SortedList[str]] = {}
         self._finished: dict[str, SortedList[tuple[int, str]]] = {}  # (finished_at, id)
         self._skipped: dict[str, SortedList[tuple[int, str]]] = {}
@@ -89,7 +92,7 @@ class StateTables:
 
     def _put_job(self, job: Job) -> None:
         old = self._jobs.get(job.id)
-        if old is not None and _job_identity(old) == _job_identity(job):
+        if old is not None and (old.spec is job.spec or _job_identity(old) == _job_identity(job)):
             # The usual update (a fire moves the cursor): only the due index changes.
             if old.next_fire_at != job.next_fire_at:
                 if old.next_fire_at is not None:
@@ -176,6 +179,7 @@ class StateTables:
                 _toggle(self._unassigned, queue_key(run), add)
             else:
                 _toggle_in(self._queued_on, node, queue_key(run), add)
+            _count_in(self._depths, node, run.priority, 1 if add else -1)
         elif state == "running":
             assert node is not None
             _toggle_in(self._running_on, node, run.id, add)
@@ -316,6 +320,10 @@ class StateTables:
         for _, _, run_id in self._queued_on.get(node, ()):
             yield self._runs[run_id]
 
+    def queue_depths(self) -> dict[str | None, dict[int, int]]:
+        """Queued runs per node (None: not yet placed) and priority (a copy)."""
+        return {node: dict(counts) for node, counts in self._depths.items()}
+
     def queued_count(self, node: str | None) -> int:
         return len(self._unassigned if node is None else self._queued_on.get(node, ()))
 
@@ -358,6 +366,7 @@ _INDEXES: Final = (
     "_active",
     "_unassigned",
     "_queued_on",
+    "_depths",
     "_running_on",
     "_finished",
     "_skipped",
@@ -389,10 +398,28 @@ def _toggle(items: SortedList[T], item: T, add: bool) -> None:
 def _toggle_in(index: dict[str, SortedList[T]], key: str, item: T, add: bool) -> None:
     """``_toggle`` in ``index[key]``; empty entries are removed, so a live state's
     indexes equal those of the same records loaded afresh."""
-    items = index.setdefault(key, SortedList())
+    items = index.get(key)
+    if items is None:
+        items = index[key] = SortedList()
     _toggle(items, item, add)
     if not items:
         del index[key]
+
+
+def _count_in(counts: dict[str | None, dict[int, int]], key: str | None, sub: int, by: int) -> None:
+    """Add ``by`` to ``counts[key][sub]``; zero counts and empty maps are removed, as
+    in ``_toggle_in``."""
+    inner = counts.get(key)
+    if inner is None:
+        inner = counts[key] = {}
+    n = inner.get(sub, 0) + by
+    assert n >= 0, (key, sub, n)
+    if n:
+        inner[sub] = n
+    else:
+        del inner[sub]
+        if not inner:
+            del counts[key]
 
 
 def image_records(data: bytes) -> list[Record]:

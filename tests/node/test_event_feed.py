@@ -8,9 +8,9 @@ import pytest
 import trio
 import trio.testing
 
-from node.commands import Ok, Rejected, Steal
+from node.commands import Ok, Rejected, Steal, SubmitTasks
 from node.events import HISTORY_MAX, STEALS_MAX, EventFeed, node_load
-from node.model import RetryPolicy, Run, ShellSpec, run_id_for
+from node.model import RetryPolicy, Run, ShellSpec, TaskSpec, run_id_for
 from node.records import encode_run
 from node.state import SchedulerState
 from node.statetables import TABLE_JOBS, TABLE_RUNS, Change
@@ -226,3 +226,19 @@ def test_a_subscriber_gets_the_bounded_history_of_stats_first() -> None:
     assert len(points) == HISTORY_MAX
     assert [p.at_s for p in points] == [float(t) for t in range(1003, 1003 + HISTORY_MAX)]
     assert all(p.runs_finished == 0 for p in points)  # the one finished run left the history
+
+
+def test_run_events_hold_the_state_record_itself_without_decoding() -> None:
+    state = SchedulerState()
+    f = EventFeed(
+        "n1",
+        FakeNodePort().cluster_view,
+        lambda: node_load("n1", 4, state),
+        lambda: state,
+        applied_index=10,
+    )
+    (run_id,) = state.apply(SubmitTasks((TaskSpec(ShellSpec(("true",))),), (None,), T0), 11).ids  # type: ignore[union-attr]
+    f.on_apply(11, state.drain_changes())
+    (event,) = list(f._ring)
+    assert event.run() is state.run(run_id)
+    assert json.loads(event.json() or "")["id"] == run_id
