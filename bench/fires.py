@@ -16,11 +16,16 @@ For each size N in ``ROTA_BENCH_JOBS`` (default ``10000,100000``), on a fresh cl
 
 Figures, per size:
 - ``fire_lateness_ms_p50/p99_<N>``: committed Fire time minus the slot, from the
-  ``rota_fire_lateness_seconds`` histogram (SPEC "Metrics"; a node observes a Fire
-  when it applies it as leader), summed over the nodes so that a leadership change
-  during the firing loses nothing (the context counts leader changes), quantiles interpolated inside its buckets as
-  Prometheus' ``histogram_quantile`` does (the 0.1-0.25-0.5-1 s buckets bound the
+  ``rota_fire_lateness_seconds`` histogram (SPEC "Metrics": the leader observes each
+  Fire as it applies it, with the time it saw the entry committed), summed over the
+  nodes so that a leadership change during the firing loses nothing (the context
+  counts leader changes), quantiles interpolated inside its buckets as Prometheus'
+  ``histogram_quantile`` does (the 0.1-0.15-0.2-0.25-0.5 s buckets bound the
   resolution). Goal p99 <= 250 ms.
+- ``fire_applied_lateness_ms_p50/p99_<N>``: the same from
+  ``rota_fire_applied_lateness_seconds``: when the leader had applied the Fire (its
+  run exists and can be placed) minus the slot. Commit plus the leader's apply of
+  the burst; no goal of its own, reported beside the goal's figure.
 - ``fires_within_250ms_fraction_<N>``: the same goal read exactly: 250 ms is a bucket
   bound, so the share of fires at most 250 ms late is a count, not an estimate; the
   goal holds when it is >= 0.99. (When every fire lands in the 100-250 ms bucket the
@@ -74,6 +79,7 @@ FIRE_WAIT_S = 300.0  # bound on waiting for the fires after T
 QUIET_S = 5.0  # the log has not moved this long after T: firing is over
 FAR_FROM_S, FAR_SPREAD_S = 2 * 3600, 20 * 3600
 LATENESS = "rota_fire_lateness_seconds"
+APPLIED_LATENESS = "rota_fire_applied_lateness_seconds"
 GOAL_MS = 250.0  # p99 lateness goal; also a bucket bound of the histogram
 FSYNC = "rota_storage_fsync_duration_seconds"
 EXECUTOR = {"type": "shell", "command": ["/bin/true"]}
@@ -112,6 +118,7 @@ class Experiment:
     due_at_ms: int = 0
     due_registered_before_s: float = 0.0  # how long before T the last one was in
     fire_buckets: list[tuple[float, float]] = field(default_factory=list)
+    applied_buckets: list[tuple[float, float]] = field(default_factory=list)
     fsync_buckets: list[tuple[float, float]] = field(default_factory=list)
     proposal_lateness_ms: list[float] = field(default_factory=list)
     leader_changes: float = 0.0  # seen by the nodes from before registering to the end
@@ -154,7 +161,9 @@ def _run_experiment(n: int, port: int, workdir: Path) -> Experiment:
         leader = c.wait_leader()
         # Each node observes the fires applied while it leads: the sum over the nodes
         # covers a leadership change during the firing.
-        x.fire_buckets = histogram_buckets(_all_metrics(c), LATENESS)
+        text = _all_metrics(c)
+        x.fire_buckets = histogram_buckets(text, LATENESS)
+        x.applied_buckets = histogram_buckets(text, APPLIED_LATENESS)
         x.fsync_buckets = histogram_buckets(agents.metrics_text(c, leader), FSYNC)
         x.leader_changes = _leader_changes(c) - changes_before
         for r in agents.all_runs(c, leader):
@@ -242,6 +251,10 @@ def _metrics(x: Experiment) -> list[Metric]:
     if p50 is not None and p99 is not None:
         out.append(Metric(f"fire_lateness_ms_p50_{tag}", p50 * 1000, "ms"))
         out.append(Metric(f"fire_lateness_ms_p99_{tag}", p99 * 1000, "ms", goal_max=GOAL_MS))
+    for q in (50, 99):
+        applied = histogram_quantile(x.applied_buckets, q / 100)
+        if applied is not None:
+            out.append(Metric(f"fire_applied_lateness_ms_p{q}_{tag}", applied * 1000, "ms"))
     within = histogram_fraction_at_most(x.fire_buckets, GOAL_MS / 1000)
     if within is not None:
         name = f"fires_within_{GOAL_MS:.0f}ms_fraction_{tag}"
@@ -267,6 +280,7 @@ def _context(x: Experiment) -> dict[str, object]:
         "due_registered_before_T_s": round(x.due_registered_before_s, 1),
         "fires_in_histogram": count,
         "fire_lateness_buckets": {f"{le:g}": n for le, n in x.fire_buckets},
+        "fire_applied_lateness_buckets": {f"{le:g}": n for le, n in x.applied_buckets},
         "leader_changes": x.leader_changes,
         "fire_runs_read": len(x.proposal_lateness_ms),
         "proposal_lateness_ms_max": max(x.proposal_lateness_ms, default=None),

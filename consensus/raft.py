@@ -24,6 +24,7 @@ released once a quorum has answered a heartbeat sent after the read arrived.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from consensus.log import RaftLog
@@ -750,13 +751,29 @@ class Raft:
         """Append a client command on the leader; returns its index."""
         return self._propose(EntryType.NORMAL, data)
 
-    def _propose(self, kind: EntryType, data: bytes) -> int:
+    def propose_many(self, datas: Sequence[bytes]) -> list[int]:
+        """Append several client commands as one (all or none); returns their indexes.
+        One append means one message per follower carries them, so they are persisted
+        and acknowledged together."""
+        assert datas, "nothing to propose"
+        self._check_can_propose(len(datas))
+        first = self.log.last_index() + 1
+        self._append(
+            [Entry(first + i, self.term, EntryType.NORMAL, d) for i, d in enumerate(datas)]
+        )
+        return list(range(first, first + len(datas)))
+
+    def _check_can_propose(self, count: int) -> None:
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
         if self.lead_transferee is not None:
             raise ProposalDropped(f"leadership is moving to {self.lead_transferee}")
-        if self.log.last_index() - self.log.committed >= self.cfg.max_pending_proposals:
+        pending = self.log.last_index() - self.log.committed
+        if pending + count > self.cfg.max_pending_proposals:
             raise ProposalDropped("too many uncommitted proposals")
+
+    def _propose(self, kind: EntryType, data: bytes) -> int:
+        self._check_can_propose(1)
         index = self.log.last_index() + 1
         self._append([Entry(index, self.term, kind, data)])
         return index

@@ -314,6 +314,9 @@ def build_agent(cfg: NodeConfig) -> Agent:
         steal_threshold=cfg.steal_threshold,
         steal_batch_max=cfg.steal_batch_max,
         steal_interval_s=cfg.steal_interval_ms / 1000,
+        propose_many=service.propose_many,
+        term=lambda: driver.raft.term,
+        commit_age_s=driver.commit_age_s,
     )
     outputs = RunOutputs(cfg.node_id, sm, store.outputs.read, transport)
     jobs = JobsService(sm, service.propose, driver.read_barrier, outputs=outputs)

@@ -15,9 +15,12 @@ Rules:
 
 from __future__ import annotations
 
+import bisect
+import collections
 import contextlib
 import itertools
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +46,7 @@ from consensus.types import (
 log = logging.getLogger("rota.driver")
 
 TICKS_CATCH_UP_MAX = 100
+COMMIT_TIMES_MAX = 4096  # (commit index, time) steps remembered for ``commit_age_s``
 
 Offload = Callable[..., Awaitable[Any]]
 # Work run by the loop task between Readies; an awaitable result is awaited there.
@@ -147,6 +151,12 @@ class RaftDriver:
         self.ready_count = 0
         self.fsync_seconds_total = 0.0
         self.fsync_observer: Callable[[float], None] | None = None
+        # When this node saw its commit index reach each value: (index, trio time),
+        # both ascending. A leader learns the commit before it applies the entry (the
+        # apply of a burst is bounded per Ready), and Fire lateness is about commit.
+        self._commit_times: collections.deque[tuple[int, float]] = collections.deque(
+            maxlen=COMMIT_TIMES_MAX
+        )
 
     # ----------------------------------------------------------------- queries
     def stats(self) -> DriverStats:
@@ -161,6 +171,20 @@ class RaftDriver:
             self.ready_count,
             self.fsync_seconds_total,
         )
+
+    def commit_age_s(self, index: int) -> float | None:
+        """How long ago this node first saw entry ``index`` committed; None when it
+        did not see it (a restart, a snapshot, or older than what is remembered)."""
+        times = self._commit_times
+        if not times or not times[0][0] < index <= times[-1][0]:
+            return None
+        i = bisect.bisect_left(times, (index, -math.inf))
+        return trio.current_time() - times[i][1]
+
+    def _note_commit(self) -> None:
+        commit = self.raft.commit_index
+        if not self._commit_times or commit > self._commit_times[-1][0]:
+            self._commit_times.append((commit, trio.current_time()))
 
     async def wait_state_change(self) -> None:
         await self._state_event.wait()
@@ -204,6 +228,26 @@ class RaftDriver:
     async def propose(self, data: bytes, timeout_s: float) -> Outcome:
         """Propose on this node (must be leader); raises NotLeader / ProposalDropped."""
         return await self._propose_and_wait(lambda: self.raft.propose(data), timeout_s)
+
+    async def propose_many(self, datas: Sequence[bytes], timeout_s: float) -> list[Outcome]:
+        """Propose several commands in one append of the core (all or none), so one
+        message per follower carries them, one Ready persists them (one fsync here
+        and on each follower) and they commit together. Raises NotLeader /
+        ProposalDropped, and then nothing was appended."""
+
+        def start() -> list[_Waiter]:
+            term = self.raft.term
+            waiters = [_Waiter(term) for _ in datas]
+            for index, waiter in zip(self.raft.propose_many(datas), waiters, strict=True):
+                self._waiters[index] = waiter
+            return waiters
+
+        waiters = await self._call(start)
+        assert isinstance(waiters, list)
+        with trio.move_on_after(timeout_s):
+            for waiter in waiters:
+                await waiter.event.wait()
+        return [w.outcome for w in waiters]
 
     async def propose_conf_change(self, cc: ConfChange, timeout_s: float) -> Outcome:
         """Propose a membership change; raises NotLeader / ConfChangeRefused."""
@@ -280,10 +324,12 @@ class RaftDriver:
                 item = await self._inbox_recv.receive()
                 await self._run_item(item)
             await self._drain_inbox()
+            self._note_commit()
             next_tick = self._tick_due(next_tick)
             while self.raft.has_ready():
                 await self._handle_ready(self.raft.ready())
                 await self._drain_inbox()
+                self._note_commit()
                 # A backlog of Readies (a long apply, bounded per Ready by the core's
                 # max_apply_bytes) must not stop the clock: heartbeats go out, and
                 # messages that came in are read, between them.

@@ -137,6 +137,12 @@ class Metrics:
             buckets=LATENESS_SECONDS_BUCKETS,
             registry=r,
         )
+        self.fire_applied_lateness = Histogram(
+            "rota_fire_applied_lateness_seconds",
+            "When the leader applied a Fire (its run exists and can be placed) minus the slot.",
+            buckets=LATENESS_SECONDS_BUCKETS,
+            registry=r,
+        )
         self._misfires = Counter(
             "rota_misfires_total",
             "Missed schedule slots handled by a misfire policy, by policy.",
@@ -215,10 +221,12 @@ class Metrics:
 
     # -- scheduler (``node.scheduler.SchedulerEvents``)
 
-    def fired(self, lateness_s: float) -> None:
-        """One slot fired by this node as leader, ``lateness_s`` after the slot."""
+    def fired(self, lateness_s: float, applied_s: float) -> None:
+        """One slot fired by this node as leader: committed ``lateness_s`` after the
+        slot, applied here ``applied_s`` after it."""
         self.fires.inc()
         self.fire_lateness.observe(max(0.0, lateness_s))
+        self.fire_applied_lateness.observe(max(0.0, applied_s))
 
     def run_started(self, delay_s: float) -> None:
         """A run started on this node ``delay_s`` after it became ready."""

@@ -91,8 +91,9 @@ class SchedulerEvents(Protocol):
     """What the scheduler reports as it happens (``node.metrics.Metrics``; ``EventLog``
     is the in-memory twin)."""
 
-    def fired(self, lateness_s: float) -> None:
-        """A slot fired: the Fire committed ``lateness_s`` after the slot was due."""
+    def fired(self, lateness_s: float, applied_s: float) -> None:
+        """A slot fired: the Fire committed ``lateness_s`` after the slot was due, and
+        this node (the leader) applied it ``applied_s`` after."""
         ...
 
     def misfire(self, policy: str, slots: int = 1) -> None:
@@ -118,8 +119,9 @@ class EventLog:
 
     events: list[tuple[str, object]] = field(default_factory=list)
 
-    def fired(self, lateness_s: float) -> None:
+    def fired(self, lateness_s: float, applied_s: float) -> None:
         self.events.append(("fired", lateness_s))
+        self.events.append(("fire_applied", applied_s))
 
     def misfire(self, policy: str, slots: int = 1) -> None:
         self.events.append(("misfire", (policy, slots)))
@@ -147,8 +149,10 @@ class SchedulerStateMachine:
         # changed (``node.statetables.Change``), from the driver's loop task; a
         # listener must be quick and must not raise.
         self.listeners: list[Callable[[int, Sequence[Change]], None]] = []
-        # Called with each applied command and its result, in log order (same rules).
+        # Called with each applied command and its result, in log order (same rules);
+        # ``observing_index`` and ``observing_term`` are its entry's, meanwhile.
         self.observers: list[Callable[[Command, Result], None]] = []
+        self.observing_index = self.observing_term = 0
 
     def _load(self) -> SchedulerState:
         records: list[tuple[str, bytes, bytes]] = []
@@ -177,6 +181,7 @@ class SchedulerStateMachine:
                 results.append(encode_result(Rejected("invalid", f"undecodable command: {err}")))
                 continue
             result = self.state.apply(cmd, e.index)
+            self.observing_index, self.observing_term = e.index, e.term
             for observe in self.observers:
                 observe(cmd, result)
             results.append(encode_result(result))
@@ -217,6 +222,13 @@ class SchedulerService:
     running: dict[str, trio.CancelScope] = field(default_factory=dict)
     stealing: bool = False
     started_seen: dict[str, int] = field(default_factory=dict)  # run id -> now_ms at Start
+    # A round's commands in one step of the core (``NodeService.propose_many``);
+    # without it they are proposed concurrently, one by one.
+    propose_many: Callable[[list[bytes], float], Awaitable[list[Outcome]]] | None = None
+    # This node's Raft term (the leader counts the Fires of its own term only).
+    term: Callable[[], int] | None = None
+    # How long ago this node saw an entry committed (``RaftDriver.commit_age_s``).
+    commit_age_s: Callable[[int], float | None] = lambda index: None
 
     def __post_init__(self) -> None:
         self.sm.listeners.append(self._on_apply)
@@ -246,16 +258,20 @@ class SchedulerService:
             return
         state = self.sm.state
         match cmd:
-            case Fire() if self.role() is Role.LEADER:
+            case Fire() if self._proposed_here():
                 now = now_ms()
+                # Lateness is to the commit (SPEC): when this node saw the entry
+                # committed, or now if it did not see that (it led since).
+                age_s = self.commit_age_s(self.sm.observing_index)
+                committed = now if age_s is None else now - round(age_s * 1000)
                 for run_id in result.ids:
                     run = state.run(run_id)
                     job = None if run is None or run.job_id is None else state.job(run.job_id)
                     if run is not None and job is not None:
                         slot = run.scheduled_at
                         due = slot + jitter_ms(job.spec.schedule, job.id, slot)
-                        self.events.fired((now - due) / 1000)
-            case SkipSlots() if self.role() is Role.LEADER and result.ids:
+                        self.events.fired((committed - due) / 1000, (now - due) / 1000)
+            case SkipSlots() if self._proposed_here() and result.ids:
                 self.events.misfire(cmd.policy, cmd.count)
             case Start():
                 self._seen_start(cmd.run_id)
@@ -268,6 +284,13 @@ class SchedulerService:
                 self.events.steal(direction, len(result.ids))
             case _:
                 pass
+
+    def _proposed_here(self) -> bool:
+        """The entry being observed was proposed by this node as leader (of its term):
+        a new leader applying what its predecessor fired does not count it again."""
+        if self.role() is not Role.LEADER:
+            return False
+        return self.term is None or self.sm.observing_term == self.term()
 
     def _seen_start(self, run_id: str) -> None:
         """Remember this node's clock when a run started (``timeouts``), forgetting
@@ -301,21 +324,31 @@ class SchedulerService:
         """Propose one round's commands: skips first (a job's slots are taken in
         order), then the rest together, so they share the leader's fsyncs. True when
         the round was full and everything committed: plan again at once."""
-        skips = [c for c in cmds if isinstance(c, SkipSlots)]
-        rest = [c for c in cmds if not isinstance(c, SkipSlots)]
+        skips: list[Command] = [c for c in cmds if isinstance(c, SkipSlots)]
+        rest: list[Command] = [c for c in cmds if not isinstance(c, SkipSlots)]
         for group in (skips, rest):
-            outcomes: list[Outcome] = []
-
-            async def submit(cmd: Command, into: list[Outcome] = outcomes) -> None:
-                into.append(await self.submit(cmd))
-
-            async with trio.open_nursery() as nursery:
-                for cmd in group:
-                    nursery.start_soon(submit, cmd)
+            outcomes = await self._submit_all(group)
             if not all(isinstance(o, Committed) for o in outcomes):
                 return False  # leadership moved or the log is slow: plan again later
         fires = sum(len(c.items) for c in cmds if isinstance(c, Fire))
         return fires >= FIRE_BATCH_MAX * FIRE_BATCHES_MAX
+
+    async def _submit_all(self, cmds: Sequence[Command]) -> list[Outcome]:
+        """Propose ``cmds`` together: in one step of the core when possible, so they
+        share one fsync and commit at once (10,000 fires are 40 Fire entries)."""
+        if not cmds:
+            return []
+        if self.propose_many is not None and len(cmds) > 1:
+            return await self.propose_many([encode_command(c) for c in cmds], PROPOSE_TIMEOUT_S)
+        outcomes: list[Outcome] = []
+
+        async def submit(cmd: Command) -> None:
+            outcomes.append(await self.submit(cmd))
+
+        async with trio.open_nursery() as nursery:
+            for cmd in cmds:
+                nursery.start_soon(submit, cmd)
+        return outcomes
 
     def plan(self, now: int) -> list[Command]:
         state = self.sm.state

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import trio
@@ -154,6 +154,28 @@ class NodeService:
             with trio.move_on_at(deadline + 1.0):
                 await self.driver.wait_applied(outcome.index)
         return outcome
+
+    async def propose_many(
+        self, datas: Sequence[bytes], timeout_s: float = PROPOSE_TIMEOUT_S
+    ) -> list[Outcome]:
+        """``propose`` for several commands: on the leader in one append of the core
+        (``RaftDriver.propose_many``: one message per follower, one fsync, committed
+        together), in order; elsewhere, or if leadership moves first, one by one."""
+        if self.driver.raft.role is Role.LEADER:
+            deadline = trio.current_time() + timeout_s
+            try:
+                outcomes = await self.driver.propose_many(datas, timeout_s)
+            except NotLeader:
+                pass  # nothing was appended: one by one, through the new leader
+            except ProposalDropped as e:
+                return [NotCommitted(str(e)) for _ in datas]
+            else:
+                applied = [o.index for o in outcomes if isinstance(o, Committed)]
+                if applied:
+                    with trio.move_on_at(deadline + 1.0):
+                        await self.driver.wait_applied(max(applied))
+                return outcomes
+        return [await self.propose(data, timeout_s) for data in datas]
 
     async def _propose_once(self, data: bytes, deadline: float) -> Outcome:
         while True:

@@ -440,6 +440,19 @@ def test_proposals_are_bounded() -> None:
     assert r.propose(b"z") == 4
 
 
+def test_many_proposals_are_one_append_all_or_none() -> None:
+    r = make_leader(max_pending_proposals=4)
+    assert r.propose_many([b"x", b"y", b"z"]) == [2, 3, 4]
+    to_b = [m for m in drain(r) if isinstance(m, AppendEntries) and m.dst == "b"]
+    assert [[e.data for e in m.entries] for m in to_b] == [[b"x", b"y", b"z"]]
+    with pytest.raises(ProposalDropped):
+        r.propose_many([b"p", b"q"])  # 3 + 2 pending would pass the bound: none appended
+    assert r.log.last_index() == 4
+    r.step(AppendEntriesResponse(1, "b", "a", 4))
+    assert r.commit_index == 4
+    assert r.propose_many([b"p", b"q"]) == [5, 6]
+
+
 # ============================================================= replication
 def test_a_rejection_in_replicate_falls_back_to_probe_from_match() -> None:
     r = make_leader()

@@ -188,6 +188,10 @@ async def test_followers_forward_proposals_to_the_leader(
         outcome = await services[follower].propose(b"via-follower", timeout_s=5.0)
         assert isinstance(outcome, Committed)
         assert outcome.result == b"ok:via-follower"
+        # Several at once: in one step on the leader, one by one (forwarded) elsewhere.
+        for node in (leader, follower):
+            many = await services[node].propose_many([b"m1", b"m2"], timeout_s=5.0)
+            assert [o.result for o in many if isinstance(o, Committed)] == [b"ok:m1", b"ok:m2"]
         # A leader that cannot be reached gives Unknown, never a false failure.
         c.down.add(leader)
         outcome = await services[follower].propose(b"maybe", timeout_s=1.0)
@@ -228,4 +232,65 @@ async def test_a_long_apply_backlog_does_not_starve_heartbeats(
         await trio.sleep(2.0)
         assert c.leader() == leader and c.drivers[leader].raft.term == term
         assert all(len(sm.items) == 10 for sm in c.sms.values())
+        nursery.cancel_scope.cancel()
+
+
+async def test_commit_age_is_from_the_commit_not_from_the_apply(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(["a", "b", "c"])
+    ages: dict[int, float | None] = {}
+
+    class Recording(SlowStateMachine):
+        def apply(self, entries: Sequence[Entry]) -> tuple[list[bytes], Callable[[], None]]:
+            out = super().apply(entries)  # 0.1 s of apply per entry, one entry per Ready
+            for e in entries:
+                if e.data:
+                    ages[e.index] = driver.commit_age_s(e.index)
+            return out
+
+    async with trio.open_nursery() as nursery:
+        for d in c.drivers.values():
+            await nursery.start(d.run)
+        leader = await c.wait_leader()
+        driver = c.drivers[leader]
+        driver.sm = Recording(autojump_clock, 0.1)
+        driver.raft.log.max_apply_bytes = 1
+        first = driver.raft.last_index() + 1
+        assert driver.commit_age_s(first) is None  # not committed yet
+        async with trio.open_nursery() as proposers:
+            for n in range(5):
+                proposers.start_soon(driver.propose, b"x%d" % n, 60.0)
+        nursery.cancel_scope.cancel()
+    # All five committed together; each waited behind the applies before it.
+    assert sorted(ages) == list(range(first, first + 5))
+    waits = [ages[i] for i in sorted(ages)]
+    assert all(w is not None for w in waits)
+    assert waits[-1] is not None and waits[0] is not None and waits[-1] - waits[0] >= 0.35
+    assert driver.commit_age_s(0) is None  # before what the node remembers
+
+
+async def test_propose_many_appends_in_one_step_and_commits_together(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(["a", "b", "c"])
+    async with trio.open_nursery() as nursery:
+        for d in c.drivers.values():
+            await nursery.start(d.run)
+        leader = await c.wait_leader()
+        driver = c.drivers[leader]
+        readies = driver.ready_count
+        outcomes = await driver.propose_many([b"p%d" % n for n in range(5)], 5.0)
+        assert all(isinstance(o, Committed) for o in outcomes)
+        indexes = [o.index for o in outcomes if isinstance(o, Committed)]
+        assert indexes == list(range(indexes[0], indexes[0] + 5))
+        assert [o.result for o in outcomes if isinstance(o, Committed)] == [
+            b"ok:p%d" % n for n in range(5)
+        ]
+        ages = {driver.commit_age_s(i) for i in indexes}
+        assert len(ages) == 1 and None not in ages  # one commit step for all five
+        assert driver.ready_count - readies <= 3  # persist+send, then apply (and a spare)
+        follower = next(d for i, d in c.drivers.items() if i != leader)
+        with pytest.raises(NotLeader):
+            await follower.propose_many([b"x"], 1.0)
         nursery.cancel_scope.cancel()

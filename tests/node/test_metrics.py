@@ -24,6 +24,7 @@ SPEC_METRICS: dict[str, tuple[str, set[str]]] = {
     "rota_storage_fsync_duration_seconds": ("histogram", set()),
     "rota_fires_total": ("counter", set()),
     "rota_fire_lateness_seconds": ("histogram", set()),
+    "rota_fire_applied_lateness_seconds": ("histogram", set()),
     "rota_misfires_total": ("counter", {"policy"}),
     "rota_runs_total": ("counter", {"outcome"}),
     "rota_run_start_delay_seconds": ("histogram", set()),

@@ -24,7 +24,7 @@ from node.commands import (
     decode_result,
     encode_command,
 )
-from node.driver import Committed
+from node.driver import Committed, Outcome
 from node.executors import Executors, RunResult, ScriptedExecutor
 from node.model import EverySchedule, JobSpec, MisfirePolicy, TaskSpec
 from node.modeljson import executor_from_json
@@ -227,3 +227,37 @@ async def test_this_nodes_clock_at_each_start_is_kept_for_running_runs_only(
     await harness.apply(Assign(tuple(extra), "n1", now_ms()))
     await harness.apply(Start(extra[0], "n1", harness.index, now_ms()))
     assert set(worker.started_seen) == set(extra)  # the ended and unknown ones are gone
+
+
+async def test_a_rounds_entries_are_proposed_together_when_the_node_can(harness: Harness) -> None:
+    wall = now_ms()
+    now = wall - (wall - 30_000) % 60_000
+    for i in range(600):
+        await harness.apply(CreateJob(JobSpec(f"j{i}", EverySchedule(60), SHELL), now - 40_000))
+    batches: list[int] = []
+
+    async def propose_many(datas: list[bytes], timeout_s: float) -> list[Outcome]:
+        batches.append(len(datas))
+        return [await harness.propose(d, timeout_s) for d in datas]
+
+    leader = harness.service("n1", slots=0, propose_many=propose_many)
+    harness.role = Role.LEADER
+    await leader.run_round(leader.plan(now))
+    assert batches == [3]  # the three Fire entries of the round, in one call
+    assert len(harness.events.named("fired")) == 600
+
+
+@pytest.mark.parametrize(("term", "counted"), [(1, 600), (2, 0)])
+async def test_a_leader_counts_only_the_fires_of_its_own_term(
+    harness: Harness, term: int, counted: int
+) -> None:
+    # Harness entries are of term 1: a leader of term 2 is applying what its
+    # predecessor fired (its own metrics would count those slots a second time).
+    wall = now_ms()
+    now = wall - (wall - 30_000) % 60_000
+    for i in range(600):
+        await harness.apply(CreateJob(JobSpec(f"j{i}", EverySchedule(60), SHELL), now - 40_000))
+    leader = harness.service("n1", slots=0, term=lambda: term)
+    harness.role = Role.LEADER
+    await leader.run_round(leader.plan(now))
+    assert len(harness.events.named("fired")) == counted
