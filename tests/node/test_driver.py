@@ -73,6 +73,12 @@ class Cluster:
         self.drivers[m.dst].deliver(m)
         return True
 
+    async def start(self, nursery: trio.Nursery) -> str:
+        """Run every driver in ``nursery``; returns the leader they elect."""
+        for d in self.drivers.values():
+            await nursery.start(d.run)
+        return await self.wait_leader()
+
     def leader(self) -> str | None:
         leaders = [i for i, d in self.drivers.items() if d.raft.role is Role.LEADER]
         live = [i for i in leaders if i not in self.down]
@@ -89,9 +95,7 @@ async def test_three_drivers_elect_commit_and_apply_everywhere(
 ) -> None:
     c = Cluster(["a", "b", "c"])
     async with trio.open_nursery() as nursery:
-        for d in c.drivers.values():
-            await nursery.start(d.run)
-        leader = await c.wait_leader()
+        leader = await c.start(nursery)
         outcome = await c.drivers[leader].propose(b"hello", timeout_s=2.0)
         assert isinstance(outcome, Committed)
         assert outcome.result == b"ok:hello"
@@ -111,9 +115,7 @@ async def test_leader_loss_gives_unknown_not_failure_and_new_leader_commits(
 ) -> None:
     c = Cluster(["a", "b", "c"])
     async with trio.open_nursery() as nursery:
-        for d in c.drivers.values():
-            await nursery.start(d.run)
-        leader = await c.wait_leader()
+        leader = await c.start(nursery)
         c.down.add(leader)  # the old leader can no longer reach anyone
         outcome = await c.drivers[leader].propose(b"lost?", timeout_s=1.0)
         assert isinstance(outcome, Unknown)
@@ -129,9 +131,7 @@ async def test_snapshot_compacts_and_lagging_follower_catches_up(
 ) -> None:
     c = Cluster(["a", "b", "c"])
     async with trio.open_nursery() as nursery:
-        for d in c.drivers.values():
-            await nursery.start(d.run)
-        leader = await c.wait_leader()
+        leader = await c.start(nursery)
         lagger = next(i for i in c.drivers if i != leader)
         c.down.add(lagger)
         for k in range(20):
@@ -181,9 +181,7 @@ async def test_followers_forward_proposals_to_the_leader(
         for i, d in c.drivers.items()
     }
     async with trio.open_nursery() as nursery:
-        for d in c.drivers.values():
-            await nursery.start(d.run)
-        leader = await c.wait_leader()
+        leader = await c.start(nursery)
         follower = next(i for i in c.drivers if i != leader)
         outcome = await services[follower].propose(b"via-follower", timeout_s=5.0)
         assert isinstance(outcome, Committed)
@@ -222,9 +220,7 @@ async def test_a_long_apply_backlog_does_not_starve_heartbeats(
         d.sm = c.sms[i] = SlowStateMachine(autojump_clock, 0.1)
         d.raft.log.max_apply_bytes = 1
     async with trio.open_nursery() as nursery:
-        for d in c.drivers.values():
-            await nursery.start(d.run)
-        leader = await c.wait_leader()
+        leader = await c.start(nursery)
         term = c.drivers[leader].raft.term
         async with trio.open_nursery() as proposers:
             for n in range(10):
@@ -250,9 +246,7 @@ async def test_commit_age_is_from_the_commit_not_from_the_apply(
             return out
 
     async with trio.open_nursery() as nursery:
-        for d in c.drivers.values():
-            await nursery.start(d.run)
-        leader = await c.wait_leader()
+        leader = await c.start(nursery)
         driver = c.drivers[leader]
         driver.sm = Recording(autojump_clock, 0.1)
         driver.raft.log.max_apply_bytes = 1
@@ -275,9 +269,7 @@ async def test_propose_many_appends_in_one_step_and_commits_together(
 ) -> None:
     c = Cluster(["a", "b", "c"])
     async with trio.open_nursery() as nursery:
-        for d in c.drivers.values():
-            await nursery.start(d.run)
-        leader = await c.wait_leader()
+        leader = await c.start(nursery)
         driver = c.drivers[leader]
         readies = driver.ready_count
         outcomes = await driver.propose_many([b"p%d" % n for n in range(5)], 5.0)
