@@ -294,7 +294,7 @@ def run(workdir: Path) -> SectionResult:
     context: dict[str, object] = {
         "scheduler": {
             k: getattr(scheduler, k)
-            for k in ("PLAN_INTERVAL_S", "FIRE_BATCH_MAX", "FIRE_BATCHES_MAX")
+            for k in ("PLAN_INTERVAL_S", "FIRE_PLAN_AHEAD_MS", "FIRE_BATCH_MAX", "FIRE_BATCHES_MAX")
             if hasattr(scheduler, k)
         },
         "worker_slots": 0,
