@@ -20,6 +20,9 @@ Rules:
 - Wire form: a msgpack array ``[tag, field...]`` in dataclass field order; tags are
   fixed forever (append new ones, never renumber). ``decode_command`` raises
   ``CommandDecodeError`` for anything malformed; the caller applies nothing for it.
+  ``SubmitTasks`` is written with tag 16: its tasks as a table of the distinct specs
+  and one index per task (a batch repeats a few specs; each is written, decoded
+  and checked once); tag 6, the plain list, is still read.
 - Results are small: ``Ok(ids, ignored)`` or ``Rejected(code, detail, field)``.
 """
 
@@ -439,6 +442,33 @@ def _list(value: object, what: str) -> list[object]:
     return value
 
 
+def _task_table_out(v: object) -> object:
+    """``[[distinct spec...], [index of each task's spec...]]``; specs are told apart
+    by identity (the API hands equal bodies one spec object, ``node.memo``)."""
+    assert isinstance(v, tuple), v
+    distinct: list[TaskSpec] = []
+    where: dict[int, int] = {}
+    indexes: list[int] = []
+    for task in v:
+        i = where.get(id(task))
+        if i is None:
+            i = where[id(task)] = len(distinct)
+            distinct.append(task)
+        indexes.append(i)
+    return [[task_spec_out(t) for t in distinct], indexes]
+
+
+def _task_table_in(value: object, what: str) -> tuple[TaskSpec, ...]:
+    table, indexes = array(value, 2, what)
+    specs = [task_spec_in(t) for t in _list(table, what)]
+    tasks: list[TaskSpec] = []
+    for i in _list(indexes, what):
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(specs):
+            raise DecodeError(f"{what}: no task spec {i!r:.20} in the table")
+        tasks.append(specs[i])
+    return tuple(tasks)
+
+
 def _fire_item(value: object, what: str) -> tuple[str, int]:
     job_id, slot = array(value, 2, what)
     return as_str(job_id, what), as_int(slot, what)
@@ -454,6 +484,7 @@ KEYS = _Field(_seq_out, lambda v, w: tuple(as_opt_str(k, w) for k in _list(v, w)
 ITEMS = _Field(_seq_out, lambda v, w: tuple(_fire_item(i, w) for i in _list(v, w)))
 JOB_SPEC = _Field(_job_spec_out, lambda v, _: job_spec_in(v))
 TASKS = _Field(_tasks_out, lambda v, w: tuple(task_spec_in(t) for t in _list(v, w)))
+TASK_TABLE = _Field(_task_table_out, _task_table_in)
 
 
 # Tag → (class, field codecs in dataclass field order). Tags never change meaning.
@@ -473,7 +504,9 @@ _SCHEMA: Final[dict[int, tuple[type, tuple[_Field, ...]]]] = {
     13: (Steal, (STRS, STR, STR, INT)),
     14: (NodeGone, (STR, INT)),
     15: (TimeoutRun, (STR, INT, INT)),
+    16: (SubmitTasks, (TASK_TABLE, KEYS, INT)),  # written instead of 6 (read both)
 }
+# The tag each command is written with: the last one that decodes to its class.
 _TAGS: Final[dict[type, int]] = {cls: tag for tag, (cls, _) in _SCHEMA.items()}
 
 

@@ -571,23 +571,31 @@ class SchedulerState(StateTables):
         now_ms: int,
         submit_key: str | None = None,
     ) -> Run:
+        # Positional, in ``Run``'s field order: twice as fast as keywords, and this
+        # runs for every fire and every task.
         return Run(
-            id=run_id,
-            job_id=job_id,
-            kind=kind,
-            origin_id=run_id,
-            scheduled_at=slot_ms,
-            attempt=1,
-            state="queued",
-            node=None,
-            token=self._index,
-            queued_at=now_ms,
-            priority=spec.priority,
-            timeout_s=spec.timeout_s,
-            executor=spec.executor,
-            retry=spec.retry,
-            tags=spec.tags,
-            submit_key=submit_key,
+            run_id,  # id
+            job_id,
+            kind,
+            run_id,  # origin_id
+            slot_ms,  # scheduled_at
+            1,  # attempt
+            "queued",  # state
+            None,  # node
+            self._index,  # token
+            now_ms,  # queued_at
+            spec.priority,
+            spec.timeout_s,
+            spec.executor,
+            spec.retry,
+            spec.tags,
+            None,  # started_at
+            None,  # finished_at
+            None,  # exit_code
+            None,  # error
+            "",  # output_tail
+            None,  # not_before
+            submit_key,
         )
 
     # ------------------------------------------------------------ retention

@@ -602,6 +602,9 @@ def create_app(
     app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
     app.url_map.merge_slashes = False  # '//' would redirect with an HTML body; 404 instead
+    # Objects keep the order they are built in (id first); sorting every key of a
+    # 1,000-run batch answer cost the leader 1.5 us a run.
+    app.json.sort_keys = False  # type: ignore[attr-defined]
     limiter = None
     if limits.rate_limit_per_s > 0:
         limiter = TokenBucketLimiter(

@@ -539,6 +539,9 @@ def test_commands_round_trip(cmd: Command) -> None:
         msgpack.packb([11, R1, 7, "failed", None, None, "x" * 5000, T0]),  # tail too long
         msgpack.packb([13, [R1], "n1", "n1", T0]),  # steal from itself
         msgpack.packb([6, [task_spec_out(TASK)], [], T0]),  # one key per task
+        msgpack.packb([16, [[task_spec_out(TASK)], [0, 1]], [None, None], T0]),  # no spec 1
+        msgpack.packb([16, [[task_spec_out(TASK)], [0, True]], [None, None], T0]),
+        msgpack.packb([16, [[task_spec_out(TASK)]], [None], T0]),  # table shape
         msgpack.packb([8, J1, T0, 0, "skip", T0]),  # count 0
         msgpack.packb([8, J1, T0, 1, "sometimes", T0]),
         msgpack.packb([1, ["n"] * 13, T0]),
@@ -549,6 +552,23 @@ def test_commands_round_trip(cmd: Command) -> None:
 def test_malformed_commands_are_refused(raw: bytes) -> None:
     with pytest.raises(CommandDecodeError):
         decode_command(raw)
+
+
+def test_a_task_batch_writes_each_distinct_spec_once_and_old_entries_still_read() -> None:
+    other = TaskSpec(ShellSpec(("echo", "b")))
+    cmd = SubmitTasks((TASK, other, TASK, TASK), ("k", None, None, None), T0)
+    raw = encode_command(cmd)
+    assert msgpack.unpackb(raw)[:2] == [
+        16,
+        [[task_spec_out(TASK), task_spec_out(other)], [0, 1, 0, 0]],
+    ]
+    assert decode_command(raw) == cmd
+    old = msgpack.packb([6, [task_spec_out(t) for t in cmd.tasks], list(cmd.idempotency_keys), T0])
+    assert decode_command(old) == cmd  # an entry written before tag 16, from the log
+    bad = msgpack.unpackb(raw)
+    bad[1][0][1][1] = 10  # priority out of range inside the table
+    with pytest.raises(CommandDecodeError, match="priority"):
+        decode_command(msgpack.packb(bad))
 
 
 def test_an_invalid_spec_inside_a_command_is_refused() -> None:
@@ -565,9 +585,9 @@ def test_an_invalid_spec_inside_a_command_is_refused() -> None:
 def test_batches_and_sizes_are_bounded() -> None:
     with pytest.raises(ValidationError, match="items"):
         Fire(tuple((J1, T0 + i) for i in range(BATCH_ITEMS_MAX + 1)), T0)
-    big = TaskSpec(ShellSpec(("x" * 60_000,)))
+    big = tuple(TaskSpec(ShellSpec(("x" * 60_000, str(i)))) for i in range(100))
     with pytest.raises(CommandTooLarge):
-        encode_command(SubmitTasks((big,) * 100, (None,) * 100, T0))
+        encode_command(SubmitTasks(big, (None,) * 100, T0))
     with pytest.raises(CommandDecodeError):
         decode_command(b"\x90" * (COMMAND_BYTES_MAX + 1))
 
