@@ -46,7 +46,7 @@ from consensus.types import (
 log = logging.getLogger("rota.driver")
 
 TICKS_CATCH_UP_MAX = 100
-COMMIT_TIMES_MAX = 4096  # (commit index, time) steps remembered for ``commit_age_s``
+COMMIT_TIMES_MAX = 1024  # (commit index, time) steps remembered for ``commit_age_s``
 
 Offload = Callable[..., Awaitable[Any]]
 # Work run by the loop task between Readies; an awaitable result is awaited there.

@@ -21,7 +21,7 @@ from typing import Final, Generic, TypeVar
 
 T = TypeVar("T")
 
-MEMO_ITEMS_MAX: Final = 4096
+MEMO_ITEMS_MAX: Final = 1024  # distinct inputs remembered; a batch has up to 1,000
 
 
 class Memo(Generic[T]):
