@@ -749,34 +749,26 @@ class Raft:
     # ================================================================= clients
     def propose(self, data: bytes) -> int:
         """Append a client command on the leader; returns its index."""
-        return self._propose(EntryType.NORMAL, data)
+        return self._propose(EntryType.NORMAL, [data])[0]
 
     def propose_many(self, datas: Sequence[bytes]) -> list[int]:
         """Append several client commands as one (all or none); returns their indexes.
         One append means one message per follower carries them, so they are persisted
         and acknowledged together."""
-        assert datas, "nothing to propose"
-        self._check_can_propose(len(datas))
-        first = self.log.last_index() + 1
-        self._append(
-            [Entry(first + i, self.term, EntryType.NORMAL, d) for i, d in enumerate(datas)]
-        )
-        return list(range(first, first + len(datas)))
+        return self._propose(EntryType.NORMAL, datas)
 
-    def _check_can_propose(self, count: int) -> None:
+    def _propose(self, kind: EntryType, datas: Sequence[bytes]) -> list[int]:
+        assert datas, "nothing to propose"
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
         if self.lead_transferee is not None:
             raise ProposalDropped(f"leadership is moving to {self.lead_transferee}")
         pending = self.log.last_index() - self.log.committed
-        if pending + count > self.cfg.max_pending_proposals:
+        if pending + len(datas) > self.cfg.max_pending_proposals:
             raise ProposalDropped("too many uncommitted proposals")
-
-    def _propose(self, kind: EntryType, data: bytes) -> int:
-        self._check_can_propose(1)
-        index = self.log.last_index() + 1
-        self._append([Entry(index, self.term, kind, data)])
-        return index
+        first = self.log.last_index() + 1
+        self._append([Entry(first + i, self.term, kind, d) for i, d in enumerate(datas)])
+        return list(range(first, first + len(datas)))
 
     def _append(self, entries: list[Entry]) -> None:
         last = self.log.last_index()
@@ -811,7 +803,7 @@ class Raft:
                 raise ConfChangeRefused(f"{cc.node} is not a member")
             case ConfChangeOp.REMOVE if conf.voters == {cc.node}:
                 raise ConfChangeRefused("cannot remove the last voter")
-        return self._propose(EntryType.CONF_CHANGE, encode_conf_change(cc, conf.apply(cc)))
+        return self._propose(EntryType.CONF_CHANGE, [encode_conf_change(cc, conf.apply(cc))])[0]
 
     def transfer_leadership(self, target: NodeId) -> None:
         if self.role is not Role.LEADER:

@@ -36,7 +36,6 @@ from node.jobs import JobsService
 from node.metrics import Metrics
 from node.output import RunOutputs
 from node.peerauth import Authenticator, HmacAuthenticator, TlsAuthenticator
-from node.queries import queue_depths
 from node.scheduler import OutputBuffer, SchedulerService, SchedulerStateMachine
 from node.service import NodeService
 from node.transport import PeerTransport, TransportLimits
@@ -202,7 +201,7 @@ class Agent:
             counts[state] = counts.get(state, 0) + 1
         m.set_members(counts)
         state = self.scheduler.sm.state
-        mine = queue_depths(state).get(self.cfg.node_id, {})
+        mine = state.queue_depths().get(self.cfg.node_id, {})
         for priority in range(10):
             m.set_queue_depth(priority, mine.get(priority, 0))
         m.runs_running.set(state.running_count(self.cfg.node_id))

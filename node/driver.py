@@ -227,19 +227,33 @@ class RaftDriver:
 
     async def propose(self, data: bytes, timeout_s: float) -> Outcome:
         """Propose on this node (must be leader); raises NotLeader / ProposalDropped."""
-        return await self._propose_and_wait(lambda: self.raft.propose(data), timeout_s)
+        (outcome,) = await self._propose_and_wait(lambda: [self.raft.propose(data)], timeout_s)
+        return outcome
 
     async def propose_many(self, datas: Sequence[bytes], timeout_s: float) -> list[Outcome]:
         """Propose several commands in one append of the core (all or none), so one
         message per follower carries them, one Ready persists them (one fsync here
         and on each follower) and they commit together. Raises NotLeader /
         ProposalDropped, and then nothing was appended."""
+        return await self._propose_and_wait(lambda: self.raft.propose_many(datas), timeout_s)
+
+    async def propose_conf_change(self, cc: ConfChange, timeout_s: float) -> Outcome:
+        """Propose a membership change; raises NotLeader / ConfChangeRefused."""
+        (outcome,) = await self._propose_and_wait(
+            lambda: [self.raft.propose_conf_change(cc)], timeout_s
+        )
+        return outcome
+
+    async def _propose_and_wait(
+        self, append: Callable[[], list[int]], timeout_s: float
+    ) -> list[Outcome]:
+        """Run ``append`` in the loop task, then wait (within ``timeout_s`` in all)
+        for the outcome of each index it appended."""
 
         def start() -> list[_Waiter]:
-            term = self.raft.term
-            waiters = [_Waiter(term) for _ in datas]
-            for index, waiter in zip(self.raft.propose_many(datas), waiters, strict=True):
-                self._waiters[index] = waiter
+            indexes = append()
+            waiters = [_Waiter(self.raft.term) for _ in indexes]
+            self._waiters.update(zip(indexes, waiters, strict=True))
             return waiters
 
         waiters = await self._call(start)
@@ -248,23 +262,6 @@ class RaftDriver:
             for waiter in waiters:
                 await waiter.event.wait()
         return [w.outcome for w in waiters]
-
-    async def propose_conf_change(self, cc: ConfChange, timeout_s: float) -> Outcome:
-        """Propose a membership change; raises NotLeader / ConfChangeRefused."""
-        return await self._propose_and_wait(lambda: self.raft.propose_conf_change(cc), timeout_s)
-
-    async def _propose_and_wait(self, append: Callable[[], int], timeout_s: float) -> Outcome:
-        def start() -> _Waiter:
-            index = append()
-            waiter = _Waiter(self.raft.term)
-            self._waiters[index] = waiter
-            return waiter
-
-        waiter = await self._call(start)
-        assert isinstance(waiter, _Waiter)
-        with trio.move_on_after(timeout_s):
-            await waiter.event.wait()
-        return waiter.outcome
 
     async def transfer_leadership(self, target: NodeId) -> None:
         await self._call(lambda: self.raft.transfer_leadership(target))

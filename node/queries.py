@@ -170,11 +170,6 @@ def next_fire_times(job: Job, count: int) -> list[int]:
     return preview(job.spec.schedule, job.last_slot_ms, count)
 
 
-def queue_depths(state: StateTables) -> dict[str | None, dict[int, int]]:
-    """Queued runs per node (None: not yet placed) and priority."""
-    return state.queue_depths()
-
-
 def running_counts(state: StateTables) -> dict[str, int]:
     """Running runs per node."""
     counts = {node: state.running_count(node) for node in state.busy_nodes()}
@@ -190,6 +185,5 @@ __all__ = [
     "list_jobs",
     "list_runs",
     "next_fire_times",
-    "queue_depths",
     "running_counts",
 ]

@@ -148,12 +148,16 @@ class NodeService:
         commit. Retries only while no leader has accepted it (so never twice)."""
         deadline = trio.current_time() + timeout_s
         outcome = await self._propose_once(data, deadline)
-        if isinstance(outcome, Committed):
-            # Answer only once this node has applied it too, so the caller's next
-            # local read sees its own write.
-            with trio.move_on_at(deadline + 1.0):
-                await self.driver.wait_applied(outcome.index)
+        await self._wait_applied([outcome], deadline)
         return outcome
+
+    async def _wait_applied(self, outcomes: Sequence[Outcome], deadline: float) -> None:
+        """Answer only once this node has applied what committed too, so the caller's
+        next local read sees its own writes."""
+        committed = [o.index for o in outcomes if isinstance(o, Committed)]
+        if committed:
+            with trio.move_on_at(deadline + 1.0):
+                await self.driver.wait_applied(max(committed))
 
     async def propose_many(
         self, datas: Sequence[bytes], timeout_s: float = PROPOSE_TIMEOUT_S
@@ -170,10 +174,7 @@ class NodeService:
             except ProposalDropped as e:
                 return [NotCommitted(str(e)) for _ in datas]
             else:
-                applied = [o.index for o in outcomes if isinstance(o, Committed)]
-                if applied:
-                    with trio.move_on_at(deadline + 1.0):
-                        await self.driver.wait_applied(max(applied))
+                await self._wait_applied(outcomes, deadline)
                 return outcomes
         return [await self.propose(data, timeout_s) for data in datas]
 

@@ -191,12 +191,18 @@ async def test_a_start_delay_is_observed_on_the_node_that_starts(
     assert harness.events.named("run_finished") == ["failed"]
 
 
-async def test_a_round_fires_every_due_slot_in_several_entries(harness: Harness) -> None:
+async def due_minute_jobs(harness: Harness, count: int) -> int:
+    """``count`` jobs every minute, created 40 s before the returned instant (:30 of a
+    minute, at most a minute ago): one slot of each is due 10 s before it."""
     wall = now_ms()
     now = wall - (wall - 30_000) % 60_000
-    specs = [JobSpec(f"j{i}", EverySchedule(60), SHELL) for i in range(600)]
-    for spec in specs:  # created 40 s before ``now``: one slot due 10 s before it
-        await harness.apply(CreateJob(spec, now - 40_000))
+    for i in range(count):
+        await harness.apply(CreateJob(JobSpec(f"j{i}", EverySchedule(60), SHELL), now - 40_000))
+    return now
+
+
+async def test_a_round_fires_every_due_slot_in_several_entries(harness: Harness) -> None:
+    now = await due_minute_jobs(harness, 600)
     leader = harness.service("n1", slots=0)
     harness.role = Role.LEADER
     before = harness.index
@@ -230,10 +236,7 @@ async def test_this_nodes_clock_at_each_start_is_kept_for_running_runs_only(
 
 
 async def test_a_rounds_entries_are_proposed_together_when_the_node_can(harness: Harness) -> None:
-    wall = now_ms()
-    now = wall - (wall - 30_000) % 60_000
-    for i in range(600):
-        await harness.apply(CreateJob(JobSpec(f"j{i}", EverySchedule(60), SHELL), now - 40_000))
+    now = await due_minute_jobs(harness, 600)
     batches: list[int] = []
 
     async def propose_many(datas: list[bytes], timeout_s: float) -> list[Outcome]:
@@ -253,10 +256,7 @@ async def test_a_leader_counts_only_the_fires_of_its_own_term(
 ) -> None:
     # Harness entries are of term 1: a leader of term 2 is applying what its
     # predecessor fired (its own metrics would count those slots a second time).
-    wall = now_ms()
-    now = wall - (wall - 30_000) % 60_000
-    for i in range(600):
-        await harness.apply(CreateJob(JobSpec(f"j{i}", EverySchedule(60), SHELL), now - 40_000))
+    now = await due_minute_jobs(harness, 600)
     leader = harness.service("n1", slots=0, term=lambda: term)
     harness.role = Role.LEADER
     await leader.run_round(leader.plan(now))

@@ -54,7 +54,6 @@ from node.queries import (
     list_jobs,
     list_runs,
     next_fire_times,
-    queue_depths,
     running_counts,
 )
 from node.records import DecodeError, encode_run
@@ -628,7 +627,7 @@ def test_list_runs_filters_newest_first_with_cursors() -> None:
     page = job_runs(n.state, job_id, limit=2)
     assert page is not None and [r.id for r in page.items] == [runs[4], runs[3]]
     assert job_runs(n.state, "j0000000000ff") is None
-    assert queue_depths(n.state) == {None: {5: 2, 9: 1}, "n1": {5: 1}}
+    assert n.state.queue_depths() == {None: {5: 2, 9: 1}, "n1": {5: 1}}
     assert running_counts(n.state) == {"n1": 1, "n2": 1}
     for bad in (
         {"run_state": "lost"},
