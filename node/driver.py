@@ -6,8 +6,13 @@ Rules:
 - Each Ready is handled in the order the core requires: persist (one write, one
   fsync, in a worker thread) -> send -> apply (in a worker thread; the state machine
   records the applied index in the same transaction) -> ``advance``.
-- Ticks come from ``trio.sleep_until``; missed ticks are caught up (bounded) so
-  logical time keeps pace with the clock after a slow fsync.
+- Ticks come from ``trio.sleep_until``. After a stall (a slow fsync, a long apply)
+  at most one heartbeat interval of ticks is caught up per step, with the inbox
+  read between steps: the stalled time is dropped, not compressed. Compressed ticks
+  would close a leader's check-quorum window (or a follower's election timeout)
+  before the messages that arrived meanwhile could be read, and a healthy leader
+  would step down. Ticks only drive liveness (reads use ReadIndex), so running slow
+  under a stall is safe.
 - A proposal's outcome is reported honestly: ``Committed`` with the state machine's
   result, ``NotCommitted`` when the entry was provably replaced, and ``Unknown`` on
   timeout or leadership loss (the entry may still commit). Never a false failure.
@@ -45,7 +50,6 @@ from consensus.types import (
 
 log = logging.getLogger("rota.driver")
 
-TICKS_CATCH_UP_MAX = 100
 COMMIT_TIMES_MAX = 1024  # (commit index, time) steps remembered for ``commit_age_s``
 
 Offload = Callable[..., Awaitable[Any]]
@@ -333,11 +337,11 @@ class RaftDriver:
                 next_tick = self._tick_due(next_tick)
 
     def _tick_due(self, next_tick: float) -> float:
-        """Tick the core for the time that has passed (at most ``TICKS_CATCH_UP_MAX``
-        ticks); returns when the next tick is due."""
+        """Tick the core for the time that has passed, at most one heartbeat interval
+        of ticks (see the module's rules); returns when the next tick is due."""
         now = trio.current_time()
         ticks = 0
-        while now >= next_tick and ticks < TICKS_CATCH_UP_MAX:
+        while now >= next_tick and ticks < self.raft.cfg.heartbeat_ticks:
             self.raft.tick()
             next_tick += self.tick_s
             ticks += 1

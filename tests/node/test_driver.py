@@ -231,6 +231,33 @@ async def test_a_long_apply_backlog_does_not_starve_heartbeats(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_stall_is_dropped_not_compressed_into_ticks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A one-second apply stalls the loop. Catching up all twenty ticks at once would
+    # close a check-quorum window before the answers that came meanwhile are read;
+    # the core gets at most one heartbeat interval of ticks before the inbox is read.
+    c = Cluster(["a"])
+    driver = c.drivers["a"]
+    ticks: list[float] = []
+    core_tick = driver.raft.tick
+
+    def counting_tick() -> None:
+        ticks.append(trio.current_time())
+        core_tick()
+
+    driver.raft.tick = counting_tick  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await c.start(nursery)
+        driver.sm = SlowStateMachine(autojump_clock, 1.0)
+        before = len(ticks)
+        assert isinstance(await driver.propose(b"slow", 5.0), Committed)
+        stalled_at = trio.current_time()
+        after_stall = [t for t in ticks[before:] if t == stalled_at]
+        assert 1 <= len(after_stall) <= driver.raft.cfg.heartbeat_ticks
+        nursery.cancel_scope.cancel()
+
+
 async def test_commit_age_is_from_the_commit_not_from_the_apply(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
