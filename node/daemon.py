@@ -194,7 +194,6 @@ class Agent:
         m.raft_term.set(s.term)
         m.raft_commit_index.set(s.commit_index)
         m.raft_applied_index.set(s.applied_index)
-        m.observe_leader(s.leader, self.cfg.node_id)
         counts: dict[str, int] = {"alive": 0, "suspect": 0, "dead": 0}
         for member in self.gossip.members():
             state = "dead" if member.state is MemberState.LEFT else member.state.value
@@ -275,6 +274,7 @@ def build_agent(cfg: NodeConfig) -> Agent:
     sm = SchedulerStateMachine(store)
     driver = RaftDriver(raft_cfg, store, sm, send, seed, cfg.tick_ms / 1000.0)
     driver.fsync_observer = metrics.storage_fsync_duration.observe
+    driver.soft_state_observer = lambda soft: metrics.observe_leader(soft.leader, cfg.node_id)
     holder.append(driver)
     host = cfg.advertise_host or cfg.bind_host
     swim = Swim(

@@ -46,6 +46,7 @@ from consensus.types import (
     Role,
     Snapshot,
     SnapshotMeta,
+    SoftState,
 )
 
 log = logging.getLogger("rota.driver")
@@ -155,6 +156,9 @@ class RaftDriver:
         self.ready_count = 0
         self.fsync_seconds_total = 0.0
         self.fsync_observer: Callable[[float], None] | None = None
+        # Told every change of role, leader or term as the core reports it (metrics
+        # count leader changes here, exactly, rather than by sampling).
+        self.soft_state_observer: Callable[[SoftState], None] | None = None
         # When this node saw its commit index reach each value: (index, trio time),
         # both ascending. A leader learns the commit before it applies the entry (the
         # apply of a burst is bounded per Ready), and Fire lateness is about commit.
@@ -387,7 +391,7 @@ class RaftDriver:
             self._applied_event.set()
             self._applied_event = trio.Event()
         if rd.soft_state is not None:
-            self._on_soft_state()
+            self._on_soft_state(rd.soft_state)
 
     def _persist(self, rd: Ready) -> None:
         self.storage.save(rd.hard_state, rd.entries, rd.snapshot, sync=True)
@@ -410,7 +414,9 @@ class RaftDriver:
             pending[1].append(rs.index)
             pending[0].set()
 
-    def _on_soft_state(self) -> None:
+    def _on_soft_state(self, soft: SoftState) -> None:
+        if self.soft_state_observer is not None:
+            self.soft_state_observer(soft)
         # Waiters survive a leadership change: their entries may still commit under
         # the next leader, and are resolved when applied or when their callers time out.
         self._state_event.set()

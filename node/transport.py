@@ -19,7 +19,8 @@ Rules:
   ``handshake_timeout_s`` before a single frame is read. The authenticated peer id
   is bound to the connection and passed to ``on_frame``; the node layer drops a
   Raft message whose ``src`` differs from it. A newer inbound connection from
-  the same peer replaces the older one (the peer restarted or reconnected).
+  the same peer replaces the older one (the peer restarted or reconnected), and
+  an outbound link to that peer waiting out its backoff redials at once.
 - ``send`` never blocks. The caller's frame is encoded at once and queued on the
   peer's send queue, bounded in frames and bytes; when full the frame is dropped
   and counted (Raft tolerates loss). Frames queued while the peer is unreachable
@@ -193,6 +194,7 @@ class _Link:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     attempt_scope: trio.CancelScope | None = None  # cancelled when the address changes
     connected: bool = False
+    backing_off: bool = False  # sleeping between dial attempts
 
 
 @dataclass(eq=False, slots=True)
@@ -419,8 +421,13 @@ class PeerTransport:
                         self._limits.backoff_max_s,
                     )
                     attempt += 1
-                    await trio.sleep(delay_s)
-                # An address change cancels the attempt scope: redial at once.
+                    link.backing_off = True
+                    try:
+                        await trio.sleep(delay_s)
+                    finally:
+                        link.backing_off = False
+                # An address change, or the peer dialling us while we back off (it
+                # has just restarted), cancels the attempt scope: redial at once.
 
     async def _dial(self, link: _Link) -> float | None:
         """One connection to the peer; how long it was up (None if it never came up)."""
@@ -491,6 +498,11 @@ class PeerTransport:
         conn = Connection(peer, False, stream, responses, counters, f"{peer} from {where}", limits)
         if (old := self._inbound.get(peer)) is not None:
             old.scope.cancel()  # the peer reconnected: its old connection is stale
+        link = self._links.get(peer)
+        if link is not None and link.backing_off and link.attempt_scope is not None:
+            # The peer is up again (it restarted): do not leave it deaf to us until
+            # the backoff ends, which can be longer than its election timeout.
+            link.attempt_scope.cancel()
         self._inbound[peer] = conn
         try:
             with conn.scope:

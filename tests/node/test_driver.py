@@ -126,6 +126,26 @@ async def test_leader_loss_gives_unknown_not_failure_and_new_leader_commits(
         nursery.cancel_scope.cancel()
 
 
+async def test_every_change_of_leader_reaches_the_soft_state_observer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(["a", "b", "c"])
+    seen: dict[str, list[str | None]] = {i: [] for i in c.drivers}
+    for i, d in c.drivers.items():
+        d.soft_state_observer = lambda soft, i=i: seen[i].append(soft.leader)
+    async with trio.open_nursery() as nursery:
+        first = await c.start(nursery)
+        await trio.sleep(0.5)
+        assert all(leaders[-1] == first for leaders in seen.values())
+        c.down.add(first)
+        second = await c.wait_leader()
+        await trio.sleep(0.5)
+        for i in c.drivers:
+            if i != first:
+                assert seen[i][-1] == second and first in seen[i]
+        nursery.cancel_scope.cancel()
+
+
 async def test_snapshot_compacts_and_lagging_follower_catches_up(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -125,6 +125,28 @@ async def test_reconnects_after_the_peer_restarts() -> None:
         assert a.transport.statistics().peers["n2"].counters.connects == 2
 
 
+async def test_a_restarted_peer_that_dials_us_is_redialled_without_waiting_out_the_backoff() -> (
+    None
+):
+    slow = replace(FAST, backoff_initial_s=30.0, backoff_max_s=30.0)
+    a, b = Node("n1", limits=slow), Node("n2")
+    async with running(a) as nursery:
+        await nursery.start(b.run)
+        a.transport.set_peers({"n2": b.addr})
+        await eventually(lambda: a.transport.statistics().peers["n2"].connected)
+        b.scope.cancel()  # b crashes: a's link now backs off for 15-30 s
+        await eventually(lambda: a.down == ["n2"])
+
+        b2 = Node("n2", port=b.addr[1])  # b restarts and dials a
+        await nursery.start(b2.run)
+        b2.transport.set_peers({"n1": a.addr})
+        b2.transport.send("n1", heartbeat("n2", "n1"))
+        await eventually(lambda: len(a.frames_from("n2")) == 1)
+        await eventually(lambda: a.transport.statistics().peers["n2"].connected)
+        a.transport.send("n2", heartbeat("n1", "n2", 2))
+        await eventually(lambda: b2.received == [("n1", heartbeat("n1", "n2", 2))])
+
+
 async def test_a_peer_that_moves_is_redialled_at_its_new_address() -> None:
     a, b, b2 = Node("n1"), Node("n2"), Node("n2")
     async with running(a, b, b2):
