@@ -3,14 +3,16 @@ real 3-node cluster; also the experiment that ``bench.rss`` reads its memory fro
 
 For each size N in ``ROTA_BENCH_JOBS`` (default ``10000,100000``), on a fresh cluster:
 
-1. RSS of every agent (``bench.agents.rss_kib``) once it has a leader;
+1. RSS of every agent (``bench.agents.rss_kib``) once it has a leader and has been
+   idle for ``RSS_AT_REST_S`` (one heap trim, ``node/heaptrim.py``, has run);
 2. register N enabled jobs with ``POST /api/v1/jobs`` (operator token, 64 connections,
    ``bench.load.each_once``): first the 90% that are not due, ``{"every_s": 86400}``
    with phases spread over 2 h to 22 h from now (none fires during the bench), then,
    timed from how fast those went, the 10% due: ``{"every_s": 3600, "phase_s": T mod
    3600}``, all due at the same second T (at least ``DUE_MARGIN_S`` after the last
    one is registered, so all are in before T);
-3. RSS again once every node has applied the registrations (before T);
+3. RSS again once every node has applied the registrations and ``RSS_AT_REST_S``
+   more have passed (before T);
 4. after T, wait until the leader's ``rota_fires_total`` counts them all (or the log
    stops moving), then read the runs.
 
@@ -67,14 +69,15 @@ from bench.core import (
     metric_samples,
     percentile,
 )
-from node import scheduler
+from node import heaptrim, scheduler
 from node.devcluster import LocalCluster
 
 HTTP_BASE_PORT = 27_300  # size i uses HTTP_BASE_PORT + 10 * i
 SIZES = env_ints("ROTA_BENCH_JOBS", (10_000, 100_000))
 DUE_FRACTION = 0.1
 CONNECTIONS = 64
-DUE_MARGIN_S = 15  # T is at least this far after the due jobs are expected in
+RSS_AT_REST_S = heaptrim.TRIM_INTERVAL_S + 1.0  # RSS is read after a heap trim
+DUE_MARGIN_S = 15 + RSS_AT_REST_S  # T is at least this far after the due jobs are in
 FIRE_WAIT_S = 300.0  # bound on waiting for the fires after T
 QUIET_S = 5.0  # the log has not moved this long after T: firing is over
 FAR_FROM_S, FAR_SPREAD_S = 2 * 3600, 20 * 3600
@@ -149,10 +152,12 @@ def _run_experiment(n: int, port: int, workdir: Path) -> Experiment:
     c = agents.start_cluster(workdir / "cluster", port, {"worker_slots": 0})
     try:
         agents.wait_caught_up(c)
+        time.sleep(RSS_AT_REST_S)
         x.rss_before = agents.agent_rss_kib(c)
         changes_before = _leader_changes(c)
         _register(c, x, workdir)
         agents.wait_caught_up(c)
+        time.sleep(RSS_AT_REST_S)
         x.rss_after = agents.agent_rss_kib(c)
         if time.time() * 1000 >= x.due_at_ms:
             x.notes.append("the RSS after registering was read after T: it includes runs")

@@ -4,7 +4,9 @@ section runs itself when ``fires`` has not run in the same process).
 
 - ``rss_per_job_bytes_<N>``: the largest, over the 3 agents, of (VmRSS after - VmRSS
   before) / N, from ``/proc/PID/status``, read once every node has applied the
-  registrations and before any of the jobs fires. Goal <= 2 KiB: a node holds the
+  registrations and then been idle for one heap-trim interval (``node/heaptrim.py``
+  returns freed heap every 5 s; the reading before is taken the same way), and
+  before any of the jobs fires. Goal <= 2 KiB: a node holds the
   replicated state of every job (the state machine's tables in memory, LMDB pages
   in its map) and 100k jobs should cost a node no more than ~200 MiB.
 - the limit beside it: the agents' RSS before registering (``rss_idle_kib_max``),
@@ -12,8 +14,9 @@ section runs itself when ``fires`` has not run in the same process).
 
 VmRSS counts LMDB's mapped pages once touched (``RssFile``) as well as the heap
 (``RssAnon``); the context gives both parts per node. CPython rarely returns freed
-heap to the system, so the figure includes what the registration path allocated
-and freed, which a running node keeps too.
+heap to the system; glibc's ``malloc_trim`` gives back whole free pages, but a
+page that still holds one live object stays, so the figure includes some of what
+the registration path allocated and freed, which a running node keeps too.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from consensus.raft import Config as RaftConfig
 from consensus.swim import MemberState, Swim, SwimConfig
 from consensus.swim_types import NodeMeta
 from consensus.types import ConfState, Message, NodeId, Role
-from node import auth, faults, gcpolicy
+from node import auth, faults, gcpolicy, heaptrim
 from node.autopilot import PeerHealth, decide
 from node.config import NodeConfig
 from node.driver import RaftDriver
@@ -373,6 +373,8 @@ async def run_agent(
             if seeds:
                 await agent.gossip.join(seeds)
             await nursery.start(agent.housekeeping)
+            if (trim := heaptrim.find_malloc_trim()) is not None:
+                await nursery.start(heaptrim.trim_forever, trim)
             await nursery.start(agent.output.flush_loop)
             await nursery.start(agent.scheduler.leader_loop)
             await nursery.start(agent.scheduler.worker_loop)
