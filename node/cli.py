@@ -356,15 +356,17 @@ main.add_command(tls)
 def status(cli: Cli) -> None:
     """One line per node: role, term, commit and applied index, lag, load.
 
-    LAG is the cluster's commit index minus the node's applied index; LOAD is the
-    node's queued runs and free execution slots, as gossiped."""
+    ROLE names the gossip state too when the node is not alive ("follower (dead)"):
+    its other figures are then the last it gossiped. LAG is the cluster's commit
+    index minus the node's applied index; LOAD is the node's queued runs and free
+    execution slots, as gossiped."""
     view = cli.call("GET", "/api/v1/cluster")
     headers = ["NODE", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "LOAD"]
     rows = [
         [
             m["id"],
             m["api_address"],
-            m["role"],
+            m["role"] if m.get("state", "alive") == "alive" else f"{m['role']} ({m['state']})",
             view["term"],
             view["commit_index"],
             m["applied_index"],

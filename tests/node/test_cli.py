@@ -15,6 +15,7 @@ from node.auth import TokenVerifier
 from node.cli import main, parse_duration, render_table
 from tests.web.apphelpers import Harness, live_server
 from web.security import Role
+from web.testing import member
 
 
 def run(args: Sequence[str], env: dict[str, str] | None = None) -> Result:
@@ -175,6 +176,13 @@ async def test_cluster_commands_against_a_live_app() -> None:
             ]
             assert "| n1   | 127.0.0.1:8080 | leader   |" in lines[3]
             assert "0 queued, 4 free" in lines[3]
+            assert "| n2   | 127.0.0.1:8081 | follower |" in lines[4]
+
+            healthy = h.port.members["n2"]
+            h.port.members["n2"] = member("n2", state="dead")  # its figures are stale
+            result = await run_in_thread([*admin, "status"])
+            assert "| n2   | 127.0.0.1:8081 | follower (dead) |" in result.stdout.splitlines()[4]
+            h.port.members["n2"] = healthy
 
             result = await run_in_thread([*admin, "-o", "json", "status"])
             assert json.loads(result.stdout)["leader"] == "n1"
