@@ -321,7 +321,7 @@ def build_agent(cfg: NodeConfig) -> Agent:
     jobs = JobsService(sm, service.propose, driver.read_barrier, outputs=outputs)
     agent = Agent(cfg, store, transport, driver, gossip, service, metrics, scheduler, jobs, output)
     agent_box.append(agent)
-    agent.events = EventFeed(
+    agent.events = events = EventFeed(
         cfg.node_id,
         service.cluster_view,
         lambda: node_load(cfg.node_id, cfg.worker_slots, sm.state),
@@ -329,8 +329,8 @@ def build_agent(cfg: NodeConfig) -> Agent:
         store.applied_index(),
         ring_max=cfg.events_ring_max,
     )
-    sm.listeners.append(agent.events.on_apply)
-    sm.observers.append(agent.events.on_command)
+    sm.listeners.append(events.on_apply)
+    sm.observers.append(lambda _entry, cmd, result: events.on_command(cmd, result))
     for peer, hp in cfg.peers.items():
         agent.set_peer_address(peer, (hp.host, hp.port))
     return agent

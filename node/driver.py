@@ -4,8 +4,9 @@ Rules:
 - One task (``run``) owns the ``Raft`` object. Everything else talks to it through a
   bounded inbox; nothing else calls into the core, so no step interleaves a Ready.
 - Each Ready is handled in the order the core requires: persist (one write, one
-  fsync, in a worker thread) -> send -> apply (in a worker thread; the state machine
-  records the applied index in the same transaction) -> ``advance``.
+  fsync, in a worker thread) -> send -> apply (in memory, in the loop task; its
+  writes, with the applied index in the same transaction, in a worker thread) ->
+  ``advance``.
 - Ticks come from ``trio.sleep_until``. After a stall (a slow fsync, a long apply)
   at most one heartbeat interval of ticks is caught up per step, with the inbox
   read between steps: the stalled time is dropped, not compressed. Compressed ticks

@@ -20,8 +20,9 @@ Rules:
 - Snapshots are built once per tick for all subscribers, by ``run`` (a trio service).
   The stats in them count what the ring saw since the previous tick, cluster-wide:
   every node applies the same log, so any node's feed shows the whole cluster.
-- Steals are seen as commands, not records: ``on_command`` is a
-  ``SchedulerStateMachine`` observer (same rules as ``on_apply``) and keeps the last
+- Steals are seen as commands, not records: ``on_command`` is fed each applied
+  command and result by a ``SchedulerStateMachine`` observer (same rules as
+  ``on_apply``) and keeps the last
   ``STEALS_MAX`` committed ``Steal``s that moved runs. Each snapshot carries them.
 - History: the stats of the last ``HISTORY_MAX`` snapshots, sent to a new subscriber
   before anything else, so a page opened now draws the last minutes at once.
@@ -108,7 +109,7 @@ class FeedStatistics:
 @dataclass
 class EventFeed:
     """Run events and snapshots for ``web.port.EventsPort``. Subscribe ``on_apply`` to
-    ``SchedulerStateMachine.listeners``, ``on_command`` to its ``observers``, and start
+    ``SchedulerStateMachine.listeners``, feed ``on_command`` from its ``observers``, and start
     ``run`` in the node's nursery."""
 
     node_id: str

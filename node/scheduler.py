@@ -150,10 +150,9 @@ class SchedulerStateMachine:
         # changed (``node.statetables.Change``), from the driver's loop task; a
         # listener must be quick and must not raise.
         self.listeners: list[Callable[[int, Sequence[Change]], None]] = []
-        # Called with each applied command and its result, in log order (same rules);
-        # ``observing_index`` and ``observing_term`` are its entry's, meanwhile.
-        self.observers: list[Callable[[Command, Result], None]] = []
-        self.observing_index = self.observing_term = 0
+        # Called with each applied command's entry, the command and its result, in log
+        # order (same rules).
+        self.observers: list[Callable[[Entry, Command, Result], None]] = []
 
     def _load(self) -> SchedulerState:
         records: list[tuple[str, bytes, bytes]] = []
@@ -182,9 +181,8 @@ class SchedulerStateMachine:
                 results.append(encode_result(Rejected("invalid", f"undecodable command: {err}")))
                 continue
             result = self.state.apply(cmd, e.index)
-            self.observing_index, self.observing_term = e.index, e.term
             for observe in self.observers:
-                observe(cmd, result)
+                observe(e, cmd, result)
             results.append(encode_result(result))
         changes = self.state.drain_changes()
         writes = [(Table(t), k, v) for t, k, v in changes]
@@ -253,17 +251,17 @@ class SchedulerService:
             for node, slots, tags in self.live_nodes()
         ]
 
-    def _observe(self, cmd: Command, result: Result) -> None:
+    def _observe(self, entry: Entry, cmd: Command, result: Result) -> None:
         """Metrics from an applied command (see the module header); quick, no I/O."""
         if not isinstance(result, Ok):
             return
         state = self.sm.state
         match cmd:
-            case Fire() if self._proposed_here():
+            case Fire() if self._proposed_here(entry):
                 now = now_ms()
                 # Lateness is to the commit (SPEC): when this node saw the entry
                 # committed, or now if it did not see that (it led since).
-                age_s = self.commit_age_s(self.sm.observing_index)
+                age_s = self.commit_age_s(entry.index)
                 committed = now if age_s is None else now - round(age_s * 1000)
                 for run_id in result.ids:
                     run = state.run(run_id)
@@ -272,7 +270,7 @@ class SchedulerService:
                         slot = run.scheduled_at
                         due = slot + jitter_ms(job.spec.schedule, job.id, slot)
                         self.events.fired((committed - due) / 1000, (now - due) / 1000)
-            case SkipSlots() if self._proposed_here() and result.ids:
+            case SkipSlots() if self._proposed_here(entry) and result.ids:
                 self.events.misfire(cmd.policy, cmd.count)
             case Start():
                 self._seen_start(cmd.run_id)
@@ -286,12 +284,12 @@ class SchedulerService:
             case _:
                 pass
 
-    def _proposed_here(self) -> bool:
-        """The entry being observed was proposed by this node as leader (of its term):
-        a new leader applying what its predecessor fired does not count it again."""
+    def _proposed_here(self, entry: Entry) -> bool:
+        """``entry`` was proposed by this node as leader (of its term): a new leader
+        applying what its predecessor fired does not count it again."""
         if self.role() is not Role.LEADER:
             return False
-        return self.term is None or self.sm.observing_term == self.term()
+        return self.term is None or entry.term == self.term()
 
     def _seen_start(self, run_id: str) -> None:
         """Remember this node's clock when a run started (``timeouts``), forgetting
